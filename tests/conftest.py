@@ -1,0 +1,63 @@
+"""Shared fixtures: a small synthetic benchmark and tiny random models of both families, built once per
+session in a temporary folder (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+
+
+@pytest.fixture(scope="session")
+def bench_dir(tmp_path_factory) -> Path:
+    from vgid_dist.data.synthetic import write_synthetic_benchmark
+
+    return write_synthetic_benchmark(tmp_path_factory.mktemp("bench") / "bench", num_profiles=20,
+                                     num_celebrities=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def corpus_texts(bench_dir) -> list[str]:
+    from vgid_dist.data.synthetic import corpus
+
+    return corpus(bench_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory, corpus_texts) -> Path:
+    from vgid_dist.models.tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("models") / "llava", corpus_texts, hidden=32, vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory, corpus_texts) -> Path:
+    from vgid_dist.models.tiny import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("models") / "qwen", corpus_texts, hidden=32,
+                                 vocab_size=512)
+
+
+def run_launcher(args: list[str], *, timeout: int = 300, env: dict | None = None,
+                 cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run a (possibly multi-process) command with a hard timeout; the whole process group dies on expiry so a
+    stuck collective cannot hang the test session."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        pytest.fail(f"timed out after {timeout}s: {' '.join(args)}\n{out[-4000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, "")
+
+
+PYTHON = sys.executable

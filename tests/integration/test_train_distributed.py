@@ -1,0 +1,124 @@
+"""DeepSpeed ZeRO-3 on CPU ranks (gloo): 2 ranks reproduce 1 rank, gradient accumulation reproduces a full
+micro-batch, the frozen model never moves, and the saved model reloads with from_pretrained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import PYTHON, run_launcher
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, tiny_llava, bench_dir) -> Path:
+    path = tmp_path_factory.mktemp("recipes") / "it.yaml"
+    path.write_text(yaml.safe_dump({
+        "extends": "tiny", "model": {"path": str(tiny_llava)}, "data": {"root": str(bench_dir)},
+        "optim": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "schedule": "constant"}}))
+    return path
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def train(recipe: Path, out: Path, *extra: str, ranks: int = 1, launcher: str = "deepspeed"):
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["launch/train.py", "--ds_config", "ds_configs/zero3.json", "--config", str(recipe), f"output_dir={out}",
+            *extra]
+    if ranks == 1:
+        cmd = [PYTHON, *args]
+    elif launcher == "deepspeed":
+        cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", "29613", *args]
+    else:
+        cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", "29614",
+               *args]
+    result = run_launcher(cmd, timeout=420)
+    assert result.returncode == 0, result.stdout[-6000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def one_rank(recipe, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "one"
+    train(recipe, out)
+    return out
+
+
+def test_two_zero3_ranks_match_one_rank(recipe, one_rank, tmp_path):
+    result = train(recipe, tmp_path / "two", ranks=2)
+    assert "world 2 | ZeRO-3" in result.stdout
+    assert losses(tmp_path / "two") == pytest.approx(losses(one_rank), rel=1e-4, abs=1e-6)
+    w1, w2 = weights(one_rank), weights(tmp_path / "two")
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+
+
+def test_gradient_accumulation_matches_one_micro_batch(recipe, one_rank, tmp_path):
+    train(recipe, tmp_path / "accum", "optim.grad_accum=2")
+    assert losses(tmp_path / "accum") == pytest.approx(losses(one_rank), rel=1e-4, abs=1e-6)
+    w1, w2 = weights(one_rank), weights(tmp_path / "accum")
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+
+
+def test_saved_model_reloads_and_student_changed(one_rank, tiny_llava):
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(one_rank / "model")
+    assert (one_rank / "DONE").is_file() and (one_rank / "config.yaml").is_file()
+    before = load_file(str(Path(tiny_llava) / "model.safetensors"))
+    after = weights(one_rank)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "training changed no student weight"
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in after.values())
+
+
+def test_frozen_teacher_is_unchanged_after_training(recipe, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""
+import sys, torch
+from safetensors.torch import load_file
+from vgid_dist.config import load_run_config
+from vgid_dist.engine.trainer import Trainer
+cfg = load_run_config({str(recipe)!r}, ["output_dir={tmp_path / 'probe-run'}"])
+trainer = Trainer(cfg)
+trainer.run()
+original = load_file(cfg.model.path + "/model.safetensors")
+frozen = dict(trainer.frozen.module.named_parameters())
+with trainer.strategy.gathered(frozen.values()):
+    for name, value in original.items():
+        assert torch.equal(frozen[name].detach().cpu(), value), name
+print("TEACHER-UNCHANGED", len(original))
+""")
+    result = run_launcher([PYTHON, str(probe)], timeout=300)
+    assert result.returncode == 0 and "TEACHER-UNCHANGED" in result.stdout, result.stdout[-4000:]
+
+
+def test_finished_run_is_not_overwritten(recipe, one_rank):
+    result = run_launcher([PYTHON, "launch/train.py", "--config", str(recipe), f"output_dir={one_rank}"], timeout=120)
+    assert result.returncode == 2 and "holds a finished run" in result.stdout
+
+
+def test_config_errors_fail_before_anything_loads(recipe):
+    result = run_launcher([PYTHON, "launch/train.py", "--config", str(recipe), "method.alpha=oops"], timeout=60)
+    assert result.returncode == 2 and "method.alpha" in result.stdout
+
+
+def test_hub_id_is_refused_with_a_clear_message(recipe):
+    result = run_launcher([PYTHON, "launch/train.py", "--config", str(recipe), "model.path=llava-hf/llava-1.5-7b-hf"],
+                          timeout=60)
+    assert result.returncode == 2 and "looks like a hub id" in result.stdout

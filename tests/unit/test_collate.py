@@ -1,0 +1,60 @@
+"""Teacher/student alignment: the k-th answer token of the teacher pairs with the k-th of the student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vgid_dist.config import MethodConfig
+from vgid_dist.data import MLLMUBench
+from vgid_dist.data.collate import Collator
+from vgid_dist.methods import build_method
+from vgid_dist.models import load_adapter
+
+
+@pytest.fixture(params=["llava", "qwen"])
+def adapter(request, tiny_llava, tiny_qwen):
+    return load_adapter(tiny_llava if request.param == "llava" else tiny_qwen)
+
+
+def test_teacher_and_student_answer_tokens_align(adapter, bench_dir):
+    bench = MLLMUBench(bench_dir)
+    forget = bench.train_samples("forget", 5)[:3]
+    retain = bench.train_samples("retain", 5)[:2]
+    method = build_method(MethodConfig(name="vgid"), Collator(adapter, 384), seed=0)
+    batch = method.build_batch(forget, retain, epoch=0)
+    student, teacher = batch.inputs["student"], batch.inputs["teacher"]
+    assert teacher.input_ids.shape[1] > student.input_ids.shape[1]  # instruction prefix
+    assert torch.equal(student.target_ids, teacher.target_ids)
+    assert student.targets_per_row == teacher.targets_per_row
+    for inputs in (student, teacher):
+        # the token after each target position is exactly the next answer token
+        rows, cols = inputs.target_mask.nonzero(as_tuple=True)
+        assert torch.equal(inputs.input_ids[rows, cols + 1], inputs.target_ids)
+    assert batch.counts["forget_tokens"] == sum(student.targets_per_row[:3])
+    assert batch.counts["retain_tokens"] == sum(student.targets_per_row[3:])
+
+
+def test_image_tokens_match_pixel_inputs(adapter, bench_dir):
+    sample = MLLMUBench(bench_dir).train_samples("forget", 5)[0]
+    enc = Collator(adapter, 384).encode(sample)
+    assert enc.prompt_ids.count(adapter.image_token_id) == enc.image.num_tokens > 0
+
+
+def test_truncation_keeps_prompt_and_counts_dropped_answer_tokens(adapter, bench_dir):
+    sample = MLLMUBench(bench_dir).train_samples("forget", 5)[1]
+    full = Collator(adapter, 10**6).encode(sample)
+    limit = len(full.prompt_ids) + 2
+    short = Collator(adapter, limit).encode(sample)
+    assert short.prompt_ids == full.prompt_ids and short.answer_ids == full.answer_ids[:2]
+    assert short.truncated == len(full.answer_ids) - 2
+    assert Collator(adapter, len(full.prompt_ids) - 1).encode(sample).answer_ids == []
+
+
+def test_left_padding_for_generation(adapter):
+    collator = Collator(adapter, 384)
+    rows = [collator.encode_prompt("Hi", None, "generation"), collator.encode_prompt("A longer question?", None,
+                                                                                     "generation")]
+    inputs = collator.pad(rows, side="left")
+    assert inputs.attention_mask[:, -1].all() and not inputs.attention_mask[0, 0]
+    assert inputs.num_targets == 0

@@ -1,0 +1,66 @@
+"""Which samples each rank uses at each optimiser step: a pure function of (seed, step, rank).
+
+The primary stream (forget pairs, or ft_Data when fine-tuning) is an endless sequence of seeded per-epoch
+permutations; optimiser step ``s`` takes positions [s*B, (s+1)*B) of it, so every step is a full batch on every
+rank (a short last batch would leave ranks making different calls) and a resumed run needs only the step
+number. Retain samples come from their own stream, B per step. The global batch is split into
+``world_size * grad_accum`` equal micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=64)
+def _permutation(seed: int, stream: int, epoch: int, n: int) -> tuple[int, ...]:
+    return tuple(np.random.default_rng([seed, stream, epoch]).permutation(n).tolist())
+
+
+@dataclass(frozen=True)
+class StepSampler:
+    num_primary: int
+    num_retain: int
+    batch_size: int
+    world_size: int
+    rank: int
+    grad_accum: int
+    seed: int
+
+    def __post_init__(self):
+        if self.num_primary <= 0:
+            raise ValueError("the primary (forget) split is empty: nothing to train on")
+        if self.batch_size % (self.world_size * self.grad_accum):
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by world_size x grad_accum "
+                             f"({self.world_size} x {self.grad_accum})")
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // (self.world_size * self.grad_accum)
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        if max_steps:
+            return max_steps
+        return max(1, math.ceil(epochs * self.num_primary / self.batch_size))
+
+    def epoch_of(self, step: int) -> int:
+        return (step * self.batch_size) // self.num_primary
+
+    def _stream(self, stream: int, n: int, start: int, count: int) -> list[int]:
+        out = []
+        for pos in range(start, start + count):
+            epoch, offset = divmod(pos, n)
+            out.append(_permutation(self.seed, stream, epoch, n)[offset])
+        return out
+
+    def micro_indices(self, step: int, micro: int) -> tuple[list[int], list[int]]:
+        """(primary indices, retain indices) of this rank's micro-batch ``micro`` at optimiser step ``step``."""
+        slot = micro * self.world_size + self.rank
+        start = step * self.batch_size + slot * self.micro_batch
+        primary = self._stream(0, self.num_primary, start, self.micro_batch)
+        retain = self._stream(1, self.num_retain, start, self.micro_batch) if self.num_retain else []
+        return primary, retain

@@ -1,0 +1,1 @@
+"""The DeepSpeed strategy (the only DeepSpeed user), model runners and the training recipe."""

@@ -1,0 +1,258 @@
+"""The one object that talks to DeepSpeed: process group, engines, backward/step, collectives, consolidated
+saves. Trainers, methods and the evaluator call this; nothing else in the package imports deepspeed.
+
+Two engines per run: the student (ZeRO-3 with optimiser) and the frozen model (a second
+``deepspeed.initialize`` with ZeRO-3 and no optimiser, loaded from the same folder; never a deepcopy, which
+would copy empty partitioned parameters). Both are loaded under a live ``HfDeepSpeedConfig`` so parameters are
+partitioned while they load instead of materialising a full copy per rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import math
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vgid_dist.config import RunConfig, resolve_ds_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_launch_env() -> None:
+    """Single-process runs (plain ``python launch/train.py``, ``vgid demo``) get rank/world/master defaults;
+    under deepspeed, torchrun or Slurm+submitit these are already set."""
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class DeepSpeedStrategy:
+    """Process group + DeepSpeed configuration of one job. ``for_run`` for training, ``for_inference`` for
+    evaluation-only jobs."""
+
+    def __init__(self, ds_config: dict, *, dtype: str, attention: str = "auto", optim=None):
+        # torch 2.x flags the collectives DeepSpeed calls as deprecated, once per call: noise, not news.
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+`? is deprecated", category=FutureWarning)
+        self.ds_config = ds_config
+        self.optim = optim
+        self.attention = attention
+        self.dtype = DTYPES[dtype]
+        self.zero_stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+        from deepspeed.accelerator import get_accelerator
+
+        self.on_gpu = get_accelerator().device_name() == "cuda"
+        self.device = torch.device("cpu")
+        if self.on_gpu:
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local_rank)
+            self.device = torch.device("cuda", local_rank)
+        self._hf_ds_config = None
+        if self.zero_stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # Kept alive for the strategy's lifetime: while it exists, from_pretrained partitions at load.
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+
+    @staticmethod
+    def init_process_group(dist_timeout_s: int = 1800) -> tuple[int, int]:
+        """Join (or create, for a single process) the process group; returns (rank, world_size)."""
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        ensure_launch_env()
+        if not dist.is_initialized():
+            on_gpu = get_accelerator().device_name() == "cuda"
+            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo",
+                                       timeout=datetime.timedelta(seconds=dist_timeout_s))
+        return dist.get_rank(), dist.get_world_size()
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig) -> DeepSpeedStrategy:
+        _, world = cls.init_process_group(cfg.dist_timeout_s)
+        return cls(resolve_ds_config(cfg, world), dtype=cfg.model.dtype, attention=cfg.model.attention,
+                   optim=cfg.optim)
+
+    @classmethod
+    def for_inference(cls, *, dtype: str, attention: str = "auto", zero_stage: int = 3,
+                      dist_timeout_s: int = 1800) -> DeepSpeedStrategy:
+        _, world = cls.init_process_group(dist_timeout_s)
+        ds = {"train_batch_size": world, "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+              "bf16": {"enabled": dtype == "bfloat16"}, "fp16": {"enabled": dtype == "float16"},
+              "zero_optimization": {"stage": zero_stage}, "steps_per_print": 10**9}
+        return cls(ds, dtype=dtype, attention=attention)
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def synced_generation(self) -> bool:
+        """Under ZeRO-3 every rank must keep calling forward until all ranks finish generating."""
+        return self.zero_stage == 3 and self.world_size > 1
+
+    # -- engines --------------------------------------------------------------------------------------------------
+    def attention_impl(self) -> str:
+        choice = self.attention
+        if choice != "auto":
+            return choice
+        if self.on_gpu:
+            try:
+                import flash_attn  # noqa: F401
+
+                return "flash_attention_2"
+            except ImportError:
+                pass
+        return "sdpa"
+
+    def build_student(self, model: torch.nn.Module, total_steps: int):
+        import deepspeed
+
+        o = self.optim
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the student has no trainable parameters")
+        ds = copy.deepcopy(self.ds_config)
+        optimizer = None
+        if "optimizer" not in ds:
+            decay = [p for p in trainable if p.ndim >= 2]
+            no_decay = [p for p in trainable if p.ndim < 2]
+            optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=o.lr, betas=o.betas, eps=o.eps)
+        schedule = lr_lambda(o.schedule, o.warmup_steps, total_steps)
+        # The engine steps the scheduler at optimiser steps only (gradient-accumulation boundaries).
+        engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, model_parameters=None if optimizer is not None else trainable,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds)
+        return engine
+
+    def build_frozen(self, model: torch.nn.Module):
+        import deepspeed
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        ds = copy.deepcopy(self.ds_config)
+        ds.pop("optimizer", None)
+        engine, *_ = deepspeed.initialize(model=model, config=ds)
+        engine.eval()
+        return engine
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def backward(self, engine, loss: torch.Tensor) -> None:
+        # Losses are normalised by global token counts (sum over all ranks and micro-batches). DeepSpeed
+        # divides by the accumulation steps and averages gradients over ranks; scaling by both restores the
+        # plain gradient of the globally normalised loss.
+        engine.backward(loss * (self.world_size * engine.gradient_accumulation_steps()))
+
+    def step(self, engine) -> None:
+        engine.step()
+
+    @staticmethod
+    def grad_norm(engine) -> float | None:
+        norm = engine.get_global_grad_norm()
+        if norm is None:
+            return None
+        return float(norm.item() if torch.is_tensor(norm) else norm)
+
+    @staticmethod
+    def current_lr(engine) -> float:
+        return float(engine.get_lr()[0])
+
+    # -- collectives ------------------------------------------------------------------------------------------------
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def gather_objects(self, obj: Any) -> list[Any] | None:
+        """Every rank's object on rank 0 (None elsewhere)."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # -- parameters -------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gathered(self, params, modifier_rank: int | None = None):
+        """Full parameters inside the block (ZeRO-3 gathers the shards; other stages: no-op)."""
+        if self.zero_stage != 3:
+            yield
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(params), modifier_rank=modifier_rank):
+            yield
+
+    def full_state_dict(self, engine) -> dict[str, torch.Tensor] | None:
+        """Consolidated weights on rank 0 (None on other ranks). Every rank must call this."""
+        if self.zero_stage == 3:
+            state = engine._zero3_consolidated_16bit_state_dict()
+            return state if self.is_main else None
+        return engine.module.state_dict() if self.is_main else None
+
+    def save_pretrained(self, engine, adapter, out_dir: str | Path) -> None:
+        """The model as a Hugging Face folder with safetensors (+ tokenizer and image processor), written to a
+        temporary folder and renamed when complete. Every rank must call this (ZeRO-3 gathers)."""
+        from vgid_dist.models.export import save_hf_folder
+
+        state = self.full_state_dict(engine)
+        if self.is_main:
+            save_hf_folder(engine.module, state, adapter, Path(out_dir))
+        self.barrier()
+
+    def close(self) -> None:
+        self._hf_ds_config = None

@@ -1,0 +1,1 @@
+"""MLLMU-Bench evaluation: metrics, the batched distributed evaluator, reports."""

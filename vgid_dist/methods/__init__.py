@@ -1,0 +1,28 @@
+"""Unlearning methods, registered by name: one small class each (see methods/base.py)."""
+
+from __future__ import annotations
+
+from vgid_dist.methods.base import LossOutput, Method, MethodParams, ModelRunner, StepBatch
+from vgid_dist.methods.finetune import Finetune
+from vgid_dist.methods.vgid import Vgid
+
+REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Vgid, Finetune)}
+
+__all__ = ["REGISTRY", "LossOutput", "Method", "MethodParams", "ModelRunner", "StepBatch", "build_method",
+           "method_class", "method_params_model"]
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"method.name: unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}") from None
+
+
+def method_params_model(name: str) -> type[MethodParams]:
+    return method_class(name).Params
+
+
+def build_method(method_cfg, collator, seed: int) -> Method:
+    cls = method_class(method_cfg.name)
+    return cls(method_cfg.params(), collator, seed)

@@ -1,0 +1,99 @@
+"""The method interface: a method turns samples into model inputs and inputs into a loss. Nothing else.
+
+The engine owns the models, the data order, the optimiser and the normalisation counts; a method sees:
+- ``build_batch(primary, retain, epoch)``: the samples of one micro-batch -> a ``StepBatch`` (model inputs and
+  local counts of scored tokens/sequences);
+- ``compute_loss(batch, student, frozen, counts)``: the loss, where ``student``/``frozen`` are ``ModelRunner``s
+  and ``counts`` are global (all ranks, all micro-batches of the optimiser step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from vgid_dist.data.collate import Collator, ModelInputs
+from vgid_dist.data.schema import Sample
+
+
+class MethodParams(BaseModel):
+    """Base of every method's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRunner(Protocol):
+    """A model as methods see it (implemented by the engine; frozen runners run under no_grad)."""
+
+    def target_logits(self, inputs: ModelInputs) -> torch.Tensor:
+        """Logits at the scored positions, [T, V], row-major over the batch."""
+
+    def target_hidden(self, inputs: ModelInputs) -> torch.Tensor:
+        """Final (normed) hidden states at the scored positions, [T, H]."""
+
+    def layer_hidden(self, inputs: ModelInputs, layer: int) -> torch.Tensor:
+        """Hidden states leaving decoder layer ``layer`` (0-based), [B, L, H]."""
+
+    def fused_kl_sum(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                     teacher: ModelRunner) -> torch.Tensor:
+        """Sum over rows of KL(teacher || student) through the output heads, without [T, V] logits."""
+
+
+@dataclass
+class StepBatch:
+    """One micro-batch of a method: named model inputs plus local counts (e.g. ``forget_tokens``)."""
+
+    inputs: dict[str, ModelInputs]
+    counts: dict[str, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device, pixel_dtype=None) -> StepBatch:
+        return StepBatch({k: v.to(device, pixel_dtype) for k, v in self.inputs.items()}, self.counts, self.meta)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    """Detached components of the loss, each already normalised (they sum over micro-batches and ranks)."""
+
+
+class Method:
+    """Base class; subclasses set ``name``, ``Params`` and implement ``build_batch`` / ``compute_loss``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]]
+    needs_frozen: ClassVar[bool] = True
+    """Whether the frozen base model (teacher/reference) is loaded."""
+    uses_retain: ClassVar[bool] = True
+    trains: ClassVar[bool] = True
+
+    def __init__(self, params: MethodParams, collator: Collator, seed: int):
+        self.params = params
+        self.collator = collator
+        self.seed = seed
+
+    def training_samples(self, data_cfg) -> tuple[list[Sample], list[Sample]]:
+        """(primary, retain) samples; the primary stream defines epochs. Default: forget and retain pairs."""
+        from vgid_dist.data import load_unlearning_data
+
+        forget, retain = load_unlearning_data(data_cfg)
+        return forget, (retain if self.uses_retain else [])
+
+    def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:
+        raise NotImplementedError
+
+    def compute_loss(self, batch: StepBatch, student: ModelRunner, frozen: ModelRunner | None,
+                     counts: dict[str, int]) -> LossOutput:
+        raise NotImplementedError
+
+    # helpers shared by methods ----------------------------------------------------------------------------------
+    def encode_plain(self, samples: list[Sample]):
+        return [self.collator.encode(s) for s in samples]
+
+    @staticmethod
+    def count_tokens(encoded) -> int:
+        return sum(len(e.answer_ids) for e in encoded)

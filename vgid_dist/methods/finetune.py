@@ -1,0 +1,41 @@
+"""Supervised fine-tuning (NLL on answer tokens): builds the vanilla model from ``ft_Data``, and serves the
+relearning attack (fine-tuning an unlearned model on forget pairs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from vgid_dist.data.schema import Sample
+from vgid_dist.losses import nll_sum, token_mean
+from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
+
+
+class FinetuneParams(MethodParams):
+    source: Literal["ft_data", "forget", "retain"] = "ft_data"
+    """Which pairs to fit: the benchmark's ft_Data (vanilla model), or the forget / retain training pairs."""
+
+
+class Finetune(Method):
+    name = "finetune"
+    Params = FinetuneParams
+    needs_frozen = False
+    uses_retain = False
+
+    def training_samples(self, data_cfg) -> tuple[list[Sample], list[Sample]]:
+        from vgid_dist.data import MLLMUBench, load_unlearning_data
+
+        if self.params.source == "ft_data":
+            return MLLMUBench(data_cfg.root, data_cfg.train_root).finetune_samples(), []
+        forget, retain = load_unlearning_data(data_cfg)
+        return (forget if self.params.source == "forget" else retain), []
+
+    def build_batch(self, primary, retain, epoch) -> StepBatch:
+        encoded = self.encode_plain(primary)
+        return StepBatch(inputs={"student": self.collator.pad(encoded)},
+                         counts={"primary_tokens": self.count_tokens(encoded)},
+                         meta={"truncated": sum(e.truncated for e in encoded)})
+
+    def compute_loss(self, batch, student, frozen, counts) -> LossOutput:
+        inputs = batch.inputs["student"]
+        nll = token_mean(nll_sum(student.target_logits(inputs), inputs.target_ids), counts["primary_tokens"])
+        return LossOutput(nll, {"nll": nll.detach()})
