@@ -36,6 +36,10 @@ def _free_port() -> int:
 def ensure_launch_env() -> None:
     """Single-process runs (plain ``python launch/train.py``, ``vgid demo``) get rank/world/master defaults;
     under deepspeed, torchrun or Slurm+submitit these are already set."""
+    if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
+        # CPU ranks on one machine share its cores; more threads than cores makes every op wait on the others.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -255,4 +259,9 @@ class DeepSpeedStrategy:
         self.barrier()
 
     def close(self) -> None:
-        self._hf_ds_config = None
+        """Forget the ZeRO-3 loading context, so later from_pretrained calls in this process load plainly."""
+        if self._hf_ds_config is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            self._hf_ds_config = None

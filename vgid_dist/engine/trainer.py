@@ -28,6 +28,7 @@ import yaml
 from vgid_dist.config import RunConfig
 from vgid_dist.data.collate import Collator
 from vgid_dist.data.sampler import StepSampler
+from vgid_dist.data.schema import DataError
 from vgid_dist.engine.runner import EngineRunner
 from vgid_dist.engine.strategy import DeepSpeedStrategy
 from vgid_dist.methods import build_method
@@ -56,6 +57,9 @@ def format_duration(seconds: float) -> str:
 
 
 class Trainer:
+    """``callbacks``: objects with any of ``on_start(trainer)``, ``on_step(step, metrics)``,
+    ``on_eval(results)``, ``on_end(summary)`` (rank 0 and others alike; a callback decides where it acts)."""
+
     def __init__(self, cfg: RunConfig, *, force: bool = False, callbacks: list | None = None):
         self.cfg = cfg
         self.force = force
@@ -74,13 +78,18 @@ class Trainer:
             raise RunExistsError(f"{self.out} holds a finished run (DONE present); choose another output_dir or "
                                  "pass --force to overwrite it")
         seed_everything(cfg.optim.seed)
-        self.strategy = DeepSpeedStrategy.for_run(cfg)
+        # Model folder and data first: a bad path fails before a process group or a model is set up.
         self.adapter = load_adapter(cfg.model.path, cfg.model.family)
         self.collator = Collator(self.adapter, cfg.data.max_length)
         self.method = build_method(cfg.method, self.collator, cfg.optim.seed)
         self.primary, self.retain = self.method.training_samples(cfg.data)
+        if not self.primary:
+            raise DataError(f"{cfg.data.root}: the training split of method {cfg.method.name!r} is empty "
+                            f"(forget ratio {cfg.data.forget_ratio})")
         if self.method.uses_retain and not self.retain:
-            raise ValueError(f"method {cfg.method.name!r} needs retain samples but the retain split is empty")
+            raise DataError(f"{cfg.data.root}: method {cfg.method.name!r} needs retain samples but the retain "
+                            "split is empty")
+        self.strategy = DeepSpeedStrategy.for_run(cfg)
         self.sampler = StepSampler(len(self.primary), len(self.retain), cfg.optim.batch_size,
                                    self.strategy.world_size, self.strategy.rank, cfg.optim.grad_accum,
                                    cfg.optim.seed)
@@ -106,6 +115,13 @@ class Trainer:
             self.frozen = EngineRunner(frozen_engine, self.adapter, self.strategy.device, self.strategy.dtype,
                                        frozen=True)
         self.engine.train()
+        self._notify("on_start", self)
+
+    def _notify(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            handler = getattr(cb, event, None)
+            if handler is not None:
+                handler(*args)
 
     # -- train ----------------------------------------------------------------------------------------------------
     def micro_batches(self, step: int):
@@ -164,8 +180,7 @@ class Trainer:
                       f"{metrics['samples_per_s']:.1f} samples/s | eta {format_duration(eta)}", flush=True)
                 with log_path.open("a") as fh:
                     fh.write(json.dumps({"step": done, **metrics}) + "\n")
-            for cb in self.callbacks:
-                cb.on_step(done, metrics)
+            self._notify("on_step", done, metrics)
         self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,
                         "final": last or {}}
 
@@ -178,11 +193,11 @@ class Trainer:
             from vgid_dist.eval.run import evaluate_engine
 
             self.summary["eval"] = evaluate_engine(self.cfg, self.strategy, self.engine, self.adapter, self.out)
+            self._notify("on_eval", self.summary["eval"])
         if self.strategy.is_main:
             write_json_atomic(self.out / "metrics.json", self.summary)
             (self.out / "DONE").write_text(json.dumps({"finished": time.time()}))
-        for cb in self.callbacks:
-            cb.on_end(self.summary)
+        self._notify("on_end", self.summary)
         self.strategy.barrier()
         return self.summary
 
@@ -193,7 +208,10 @@ class Trainer:
 
 
 def run_training(cfg: RunConfig, *, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
+    trainer = Trainer(cfg, force=force, callbacks=callbacks)
     try:
-        return Trainer(cfg, force=force, callbacks=callbacks).run()
+        return trainer.run()
     finally:
+        if getattr(trainer, "strategy", None) is not None:
+            trainer.strategy.close()
         sys.stdout.flush()

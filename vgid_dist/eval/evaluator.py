@@ -48,11 +48,16 @@ class _Batch:
     extra: dict = field(default_factory=dict)
 
 
+TASK_ORDER = {"classification": 0, "cloze": 1, "generation": 2}
+
+
 def plan_batches(items: list[EvalItem], rank: int, world: int, batch_size: int) -> list[_Batch]:
-    """This rank's batches; the same count and modality sequence on every rank."""
+    """This rank's batches; the same count and modality sequence on every rank. Items of one task share
+    batches (short-answer tasks stop generating after a few tokens instead of waiting on long answers)."""
     batches: list[_Batch] = []
     for has_image in (True, False):
-        group = [it for it in items if (it.image is not None) == has_image]
+        group = sorted((it for it in items if (it.image is not None) == has_image),
+                       key=lambda it: (TASK_ORDER.get(it.task, 3), len(it.question)))
         if not group:
             continue
         per_rank = math.ceil(len(group) / world)

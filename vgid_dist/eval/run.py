@@ -92,11 +92,13 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
     adapter = load_adapter(model_path)
     bench = MLLMUBench(data_root)
     items = build_items(bench, forget_ratio, splits, opts.seed, limit)  # fails early on a missing split
-    strategy = DeepSpeedStrategy.for_inference(dtype=dtype, attention=attention)
-    model = adapter.load_model(strategy.dtype, strategy.attention_impl())
-    if strategy.world_size > 1:
-        module = strategy.build_frozen(model).module
-    else:
-        module = model.to(strategy.device).eval()
-    generate = make_generate_fn(module, adapter, strategy.device, strategy.dtype, synced=strategy.synced_generation)
-    return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file), progress)
+    _, world = DeepSpeedStrategy.init_process_group()
+    strategy = DeepSpeedStrategy.for_inference(dtype=dtype, attention=attention, zero_stage=3 if world > 1 else 0)
+    try:
+        model = adapter.load_model(strategy.dtype, strategy.attention_impl())
+        module = strategy.build_frozen(model).module if world > 1 else model.to(strategy.device).eval()
+        generate = make_generate_fn(module, adapter, strategy.device, strategy.dtype,
+                                    synced=strategy.synced_generation)
+        return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file), progress)
+    finally:
+        strategy.close()

@@ -115,9 +115,10 @@ def _kl_chunks(
         t.exp_()
         z_t = t.sum(dim=1)
         if want_loss:
-            # sum_v exp(t'_v) (t'_v - s'_v) as a batched dot product: no [c, V] product temporary. Where
-            # exp(t') underflows to 0 the term is exactly 0 (t' - s' is finite), so no 0 * log 0 NaN.
-            dot = torch.bmm(t.unsqueeze(1), s.unsqueeze(2)).view(c)
+            # sum_v exp(t'_v) (t'_v - s'_v), formed in place (t' - s' is not needed afterwards). Not bmm: its
+            # sequential fp32 accumulation over V = 150k loses ~1e-4 relative, torch.sum's cascade does not.
+            # Where exp(t') underflows to 0 the term is exactly 0 (t' - s' is finite): no 0 * log 0 NaN.
+            dot = s.mul_(t).sum(dim=1)
             kl[start:end] = dot / z_t + torch.log(z_s / z_t)
         if not need_grads:
             continue
