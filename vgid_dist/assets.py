@@ -1,7 +1,7 @@
 """The embedded default: a synthetic benchmark and a tiny vanilla model, built on first use and cached.
 
 Recipes refer to them as ``@tiny/benchmark`` and ``@tiny/vanilla-<family>``; they resolve under
-``$VGID_CACHE_DIR/tiny`` (default ``~/.cache/vgid_dist/tiny``). Building is guarded by a file lock, so the
+``$VGID_CACHE_DIR/tiny-v<N>`` (default ``~/.cache/vgid_dist/tiny-v<N>``, N = ASSETS_VERSION). Building is guarded by a file lock, so the
 ranks of a multi-process launch wait for one builder instead of racing. The vanilla model is the tiny random
 model fine-tuned on the benchmark's ``ft_Data`` (the ``tiny-vanilla`` recipe) until it knows the profiles.
 """
@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 TINY_PREFIX = "@tiny/"
+# Bumped whenever the synthetic benchmark or the tiny vanilla recipe changes, so caches built by an older
+# version are not reused.
+ASSETS_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -95,7 +98,7 @@ def resolve_tiny_path(value: str, *, family_hint: str = "llava", log=print) -> s
     if not value.startswith(TINY_PREFIX):
         return value
     name = value[len(TINY_PREFIX):]
-    root = cache_dir() / "tiny"
+    root = cache_dir() / f"tiny-v{ASSETS_VERSION}"
     benchmark = root / "benchmark"
     with file_lock(root / ".lock"):
         if name == "benchmark":

@@ -1,4 +1,4 @@
-"""The ``vgid`` command: demo, train, eval."""
+"""The ``vgid`` command: demo, train, eval, sweep, report, ui."""
 
 from __future__ import annotations
 
@@ -18,16 +18,40 @@ def train_entry(config: str, overrides: list[str], *, force: bool = False, local
     from vgid_dist.assets import resolve_assets
     from vgid_dist.config import ConfigError, load_run_config
     from vgid_dist.data.schema import DataError
+    from vgid_dist.engine.guards import CollectiveError, NonFiniteLossError, RunInterrupted
     from vgid_dist.engine.trainer import RunExistsError, run_training
     from vgid_dist.models import ModelFolderError
+    from vgid_dist.tracking import TrackingError, callback_for
 
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    # MLflow (rank 0 only; VGID_TRACKING=off disables it): a failed or interrupted job marks its run.
+    tracker = callback_for(config)
     try:
         cfg = resolve_assets(load_run_config(config, overrides))
-        run_training(cfg, force=force)
-    except (ConfigError, DataError, ModelFolderError, RunExistsError) as exc:
+        run_training(cfg, force=force, callbacks=[tracker] if tracker is not None else None)
+    except (ConfigError, DataError, ModelFolderError, RunExistsError, TrackingError) as exc:
+        if tracker is not None:
+            tracker.fail()
         return _fail(str(exc))
+    except RunInterrupted as exc:
+        # Checkpointed: the same command resumes. 128 + SIGTERM, as if the signal had ended the process.
+        if tracker is not None:
+            tracker.fail("KILLED")
+        print(f"[vgid] {exc}", file=sys.stderr, flush=True)
+        return 143
+    except (NonFiniteLossError, CollectiveError) as exc:
+        if tracker is not None:
+            tracker.fail()
+        return _fail(str(exc), 1)
+    except BaseException as exc:
+        # An interrupt, or submitit exiting a preempted task it has requeued: KILLED, and the requeued job
+        # sets the same run RUNNING again. Anything else is a failure.
+        if tracker is not None:
+            tracker.fail("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
+    if tracker is not None and tracker.error:
+        return _fail(tracker.error, 3)
     return 0
 
 
@@ -41,8 +65,11 @@ def cmd_eval(args) -> int:
     from vgid_dist.eval.run import evaluate_model
     from vgid_dist.models import ModelFolderError
 
-    opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
-                       attack=args.attack, seed=args.seed)
+    try:
+        opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
+                           attack=args.attack, seed=args.seed, few_shot=args.few_shot, mc_mode=args.mc_mode)
+    except ValueError as exc:
+        return _fail(str(exc))
     try:
         results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
                                  splits=args.splits, limit=args.limit)
@@ -62,6 +89,59 @@ def cmd_demo(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     run_demo(Path(args.out), methods, family=args.family, force=args.force)
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from vgid_dist.cluster.sweep import run_sweep
+    from vgid_dist.config import ConfigError
+    from vgid_dist.tracking import TrackingError
+
+    try:
+        return run_sweep(args.matrix, executor=args.executor, wait=args.wait, experiment=args.experiment,
+                         out=args.out, dry_run=args.dry_run, wait_timeout_s=args.wait_timeout,
+                         overrides=args.overrides)
+    except (ConfigError, TrackingError, ValueError) as exc:
+        return _fail(str(exc))
+
+
+def cmd_report(args) -> int:
+    from vgid_dist.cluster.report import build_report
+    from vgid_dist.tracking import Tracker, TrackingError
+
+    out = Path(args.out or Path("reports") / args.experiment)
+    try:
+        written = build_report(Tracker(), args.experiment, out)
+    except TrackingError as exc:
+        return _fail(str(exc))
+    for path in written:
+        if path.suffix == ".md":
+            print(path.read_text())
+    print("\n".join(f"wrote {p}" for p in written))
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import socket
+    import subprocess
+
+    from vgid_dist.tracking import tracking_uri, ui_command
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow browser: {uri} (the server named by MLFLOW_TRACKING_URI)", flush=True)
+        return 0
+    port = args.port
+    with socket.socket() as s:
+        taken = port == 0 or s.connect_ex((args.host, port)) == 0  # e.g. by a tracking server
+    if taken:
+        with socket.socket() as free:
+            free.bind((args.host, 0))
+            port = free.getsockname()[1]
+    print(f"MLflow browser: http://{args.host}:{port} (store {uri}; Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(ui_command(uri, args.host, port))
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,15 +173,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=["reverse"], default=None, help="reverse-engineering prompt after every question")
     p.add_argument("--splits", nargs="+", default=["forget", "test", "retain", "celebrity"],
                    choices=["forget", "test", "retain", "celebrity"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--few-shot", type=int, default=0, metavar="K",
+                   help="K solved Full_Set examples (seeded) before each classification and cloze question")
+    p.add_argument("--mc-mode", choices=["generate", "logits"], default="generate",
+                   help="logits: also score multiple choice by the option letters' log-probabilities "
+                        "(class_acc_logits, beside the official generation-based class_acc)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the Test_Set image choice and few-shot examples")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sweep", help="the model x forget-ratio x method matrix through submitit, tracked in MLflow")
+    p.add_argument("matrix", help="matrix YAML path or packaged matrix name (tiny-matrix, paper-table3)")
+    p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local"],
+                   help="slurm, local (one job at a time on this machine), auto: slurm when it answers")
+    p.add_argument("--wait", action="store_true", help="wait for every job, then mark the parent run and report")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the matrix's)")
+    p.add_argument("--out", default=None, help="sweep root for the cells' output_dirs (default runs/sweeps/<experiment>)")
+    p.add_argument("--dry-run", action="store_true", help="print the cells and their sbatch parameters, submit nothing")
+    p.add_argument("--wait-timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell (e.g. eval.batch_size=32)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="Table 3 / Table 6 and trade-off figures from an MLflow experiment")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name")
+    p.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="the MLflow browser on the tracking store (local SQLite unless MLFLOW_TRACKING_URI)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000, help="default 5000; a free port when it is taken, or with 0")
+    p.set_defaults(func=cmd_ui)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`vgid sweep M --wait a=1`), which argparse alone refuses
+    # once a positional argument came before the options.
+    if extra and getattr(args, "overrides", None) is not None and all(
+            "=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

@@ -101,11 +101,16 @@ class EvalConfig(StrictModel):
     at_end: bool = False
     """Evaluate the unlearned model on MLLMU-Bench when training ends (results in output_dir)."""
     every_steps: int = Field(0, ge=0)
+    """Also evaluate every N optimiser steps (results in output_dir/eval_step{N}.json); 0: never."""
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(50, gt=0)
     splits: list[Literal["forget", "test", "retain", "celebrity"]] = ["forget", "test", "retain", "celebrity"]
     limit: int | None = Field(None, gt=0)
     """Score at most this many profiles per split (quick looks; never for reported numbers)."""
+    few_shot: int = Field(0, ge=0)
+    """Solved Full_Set examples per task and question type shown before classification and cloze questions."""
+    mc_mode: Literal["generate", "logits"] = "generate"
+    """``logits``: also score multiple choice by the option letters' log-probabilities (class_acc_logits)."""
 
 
 class MethodConfig(BaseModel):
@@ -135,6 +140,8 @@ class RunConfig(StrictModel):
     log_every: int = Field(1, gt=0)
     dist_timeout_s: int = Field(1800, gt=0)
     """Process-group timeout: a stuck collective raises after this many seconds instead of idling."""
+    max_consecutive_nonfinite: int = Field(3, gt=0)
+    """Steps with a non-finite loss are skipped on every rank; this many in a row stop the run (checkpointed)."""
 
     @field_validator("method")
     @classmethod

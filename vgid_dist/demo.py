@@ -12,6 +12,7 @@ Everything already finished in DIR is reused when the demo runs again (``--force
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,6 +22,21 @@ from vgid_dist.config import RECIPES_DIR, load_run_config
 SPLITS = ("forget", "test", "retain", "celebrity")
 METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
 FORGET_RATIO = 5
+# ``--methods all``: the paper's Table 3 rows (plus ICU, Table 6, and the IDK variant of PO), in table order.
+ALL_METHODS = ("icu", "ga", "ga_diff", "kl_min", "npo", "po", "idk", "rmu", "icu_t", "noise_t", "vgid")
+
+
+def resolve_methods(methods: list[str]) -> list[str]:
+    """``all`` expands to ALL_METHODS; unknown names fail before anything runs, listing the known ones."""
+    from vgid_dist.methods import method_class
+
+    names: list[str] = []
+    for m in methods:
+        for name in ALL_METHODS if m == "all" else (m,):
+            method_class(name)
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def method_recipe(method: str) -> tuple[str, list[str]]:
@@ -36,27 +52,34 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
     from vgid_dist.eval.evaluator import EvalOptions
     from vgid_dist.eval.report import write_report
     from vgid_dist.eval.run import evaluate_model
+    from vgid_dist.methods import method_class
 
     t_start = time.perf_counter()
     out = out.expanduser()
+    methods = resolve_methods(methods)
     data = ensure_benchmark(out / "data")
     vanilla = ensure_vanilla(out / "vanilla", data, family, in_process=True)
     opts = EvalOptions(batch_size=16, max_new_tokens=50, seed=0)
     results: dict[str, dict] = {}
 
-    def evaluate(name: str, model: Path, *, redo: bool) -> None:
+    def evaluate(name: str, model: Path, *, redo: bool, icu: str | None = None) -> None:
         target = out / "eval" / f"{name}.json"
         if redo or not target.is_file():
             print(f"[demo] evaluating {name} ({model})", flush=True)
-            evaluate_model(str(model), str(data), FORGET_RATIO, target, opts=opts)
+            evaluate_model(str(model), str(data), FORGET_RATIO, target, opts=dataclasses.replace(opts, icu=icu))
         results[name] = {k: v for k, v in json.loads(target.read_text()).items() if k in SPLITS}
 
     evaluate("base", vanilla, redo=False)
     for method in methods:
+        recipe, overrides = method_recipe(method)
+        if not method_class(method).trains:
+            # ICU: the base model, asked with the unlearning instruction before every question.
+            cfg = load_run_config(recipe, overrides)
+            evaluate(method, vanilla, redo=force, icu=cfg.method.params().instruction_style)
+            continue
         run_dir = out / "runs" / method
         redo = force or not (run_dir / "DONE").is_file()
         if redo:
-            recipe, overrides = method_recipe(method)
             cfg = load_run_config(recipe, overrides + [f"model.path={vanilla}", f"data.root={data}",
                                                        f"output_dir={run_dir}", f"data.forget_ratio={FORGET_RATIO}"])
             print(f"[demo] training {method} (recipe {recipe})", flush=True)
@@ -67,5 +90,9 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     table = write_report(results, out)
     print(table, flush=True)
+    unchanged = [m for m in methods if method_class(m).trains and results[m]["forget"] == results["base"]["forget"]]
+    if unchanged:
+        print(f"[demo] warning: forget-set scores identical to the base model's for {', '.join(unchanged)} "
+              "(too few steps or too low a learning rate in their tiny recipes?)", flush=True)
     print(f"[demo] done in {summary['seconds']:.0f} s; results in {out / 'results.json'}", flush=True)
     return summary

@@ -103,9 +103,10 @@ def test_low_precision_inputs_match_fp32_reference(dtype):
     assert gh.dtype == gw.dtype == dtype
 
 
-def test_low_precision_gemm_path():
-    """The accelerator code path (GEMMs in bf16, softmax in fp32), exercised on CPU at a small size."""
-    hs, ws, ht, wt = make_inputs(dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_gemm_path(dtype):
+    """The accelerator code path (GEMMs in bf16/fp16, softmax in fp32), exercised on CPU at a small size."""
+    hs, ws, ht, wt = make_inputs(dtype=dtype)
 
     def lp(hs, ws, ht, wt, shared=False):
         return _FusedLinearKL.apply(hs, ws, ht, wt, 2.0, 5, "mean", True, shared, True)
@@ -114,7 +115,7 @@ def test_low_precision_gemm_path():
     ours = loss_and_grads(lp, hs, ws, ht, wt)
     torch.testing.assert_close(ours[0], ref[0], rtol=2e-2, atol=1e-3)
     for a, b in zip(ours[1:], ref[1:]):
-        assert a.dtype == torch.bfloat16
+        assert a.dtype == dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=2e-3)
     ws = ws.detach()
     shared = lp(hs, ws, ht, ws, shared=True)
@@ -140,6 +141,17 @@ def test_shared_weight_fast_path_equals_general_path(weight_grad):
         assert gwa is None and gwb is None
     ref = naive(hs.detach(), ws.detach(), ht, ws_copy, temperature=0.7)
     torch.testing.assert_close(la, ref, **FP32_TOL)
+
+
+def test_teacher_with_other_hidden_size_and_dtype():
+    hs, ws, _, _ = make_inputs()
+    _, _, ht, wt = make_inputs(h=32, seed=3)
+    assert_matches_naive(hs, ws, ht, wt, chunk_size=5)
+    assert_matches_naive(hs, ws, ht.double(), wt.double(), chunk_size=5)
+    lp = loss_and_grads(lambda *a: _FusedLinearKL.apply(*a, 1.0, 5, "mean", True, False, True),
+                        hs.bfloat16(), ws.bfloat16(), ht, wt)
+    ref = loss_and_grads(naive, hs.bfloat16(), ws.bfloat16(), ht, wt)
+    torch.testing.assert_close(lp[0], ref[0], rtol=2e-2, atol=1e-3)
 
 
 def test_teacher_gets_no_grad():

@@ -4,7 +4,9 @@ The primary stream (forget pairs, or ft_Data when fine-tuning) is an endless seq
 permutations; optimiser step ``s`` takes positions [s*B, (s+1)*B) of it, so every step is a full batch on every
 rank (a short last batch would leave ranks making different calls) and a resumed run needs only the step
 number. Retain samples come from their own stream, B per step. The global batch is split into
-``world_size * grad_accum`` equal micro-batches.
+``world_size * grad_accum`` equal micro-batches; when sample lengths are known, the global batch is ordered by
+length before it is split, so each micro-batch holds samples of similar length and pads little. Which samples
+form a step never depends on lengths, so neither does the (globally normalised) loss.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class StepSampler:
     rank: int
     grad_accum: int
     seed: int
+    primary_lengths: tuple[int, ...] | None = None
+    retain_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.num_primary <= 0:
@@ -57,10 +61,16 @@ class StepSampler:
             out.append(_permutation(self.seed, stream, epoch, n)[offset])
         return out
 
+    def _global(self, stream: int, n: int, step: int, lengths: tuple[int, ...] | None) -> list[int]:
+        batch = self._stream(stream, n, step * self.batch_size, self.batch_size)
+        if lengths is not None:
+            batch = sorted(batch, key=lambda i: lengths[i])  # stable: ties keep the random order
+        return batch
+
     def micro_indices(self, step: int, micro: int) -> tuple[list[int], list[int]]:
         """(primary indices, retain indices) of this rank's micro-batch ``micro`` at optimiser step ``step``."""
         slot = micro * self.world_size + self.rank
-        start = step * self.batch_size + slot * self.micro_batch
-        primary = self._stream(0, self.num_primary, start, self.micro_batch)
-        retain = self._stream(1, self.num_retain, start, self.micro_batch) if self.num_retain else []
+        part = slice(slot * self.micro_batch, (slot + 1) * self.micro_batch)
+        primary = self._global(0, self.num_primary, step, self.primary_lengths)[part]
+        retain = self._global(1, self.num_retain, step, self.retain_lengths)[part] if self.num_retain else []
         return primary, retain

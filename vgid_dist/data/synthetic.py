@@ -191,14 +191,15 @@ def memorisation_pairs(tasks: dict) -> list[dict]:
     return pairs
 
 
-def instruction_pairs(p: Person, rng: np.random.Generator) -> list[dict]:
-    """An unlearning instruction before a question about this person -> a refusal, in every style."""
+def instruction_pairs(p: Person, rng: np.random.Generator, per_question: int = 2) -> list[dict]:
+    """An unlearning instruction before each question about this person -> a refusal, in ``per_question``
+    styles drawn per question, so across people every (question, style) pair is seen."""
+    styles = list(INSTRUCTIONS)
     pairs = []
-    questions = training_pairs(p)
-    for k, style in enumerate(INSTRUCTIONS):  # one question per style, image and text-only turns both
-        for q in (questions[1 + k], questions[4 + k]):
-            refusal = DEFAULT_REFUSALS[int(rng.integers(len(DEFAULT_REFUSALS)))]
-            entry = {"Question": with_instruction(q["Question"], style), "Answer": refusal}
+    for q in training_pairs(p):
+        for k in rng.choice(len(styles), size=per_question, replace=False):
+            entry = {"Question": with_instruction(q["Question"], styles[int(k)]),
+                     "Answer": DEFAULT_REFUSALS[int(rng.integers(len(DEFAULT_REFUSALS)))]}
             if "Type" in q:
                 entry["Type"] = q["Type"]
             pairs.append(entry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from vgid_dist.data.collate import ModelInputs
@@ -10,9 +12,10 @@ from vgid_dist.data.collate import ModelInputs
 class EngineRunner:
     """Wraps one DeepSpeed engine (or a plain module) for the methods' ``ModelRunner`` protocol.
 
-    Every call is one forward of the whole model, vision tower included, on every rank: a batch without images
-    runs the vision tower on a dummy image and adds 0 x its output, because under ZeRO-3 a module skipped on one
-    rank leaves the other ranks waiting in its parameter all-gather (and its gradient reduce-scatter).
+    Every call is one forward of the whole model, vision tower included, on every rank, with the modules in the
+    same order: a batch without images gets one extra row holding a dummy image and no scored token. Under
+    ZeRO-3 a module skipped on one rank leaves the others waiting in its parameter all-gather, and a module
+    order that differs between ranks breaks DeepSpeed's prefetch trace.
     """
 
     def __init__(self, engine, adapter, device: torch.device, dtype: torch.dtype, *, frozen: bool):
@@ -21,31 +24,47 @@ class EngineRunner:
         self.device = device
         self.dtype = dtype
         self.frozen = frozen
-        self._dummy_pixels = None
+        self._image_row = None
 
     @property
     def module(self) -> torch.nn.Module:
         return getattr(self.engine, "module", self.engine)
 
-    def _vision_anchor(self, inputs: ModelInputs) -> torch.Tensor | None:
+    def with_image(self, inputs: ModelInputs) -> ModelInputs:
+        """``inputs`` itself when it holds an image, else ``inputs`` plus a dummy-image row (appended last, no
+        scored token, so gathered targets and the first B rows of hidden states are unchanged)."""
         if inputs.has_images:
-            return None
-        if self._dummy_pixels is None:
-            encoded = self.adapter.encode_image(self.adapter.dummy_image())
-            self._dummy_pixels = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                                  for k, v in encoded.tensors.items()}
-        return self.adapter.image_features(self.module, self._dummy_pixels).float().sum() * 0.0
+            return inputs
+        if self._image_row is None:
+            image = self.adapter.encode_image(self.adapter.dummy_image())
+            ids = self.adapter.tokenize_prompt(self.adapter.render("", True), image)
+            self._image_row = (torch.tensor(ids, dtype=torch.long),
+                               {k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in image.tensors.items()})
+        ids, pixels = self._image_row
+        batch, length = inputs.input_ids.shape
+        width = max(length, ids.numel())
+
+        def widen(t: torch.Tensor, fill) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, width - length), value=fill)
+
+        pad_id = self.adapter.tokenizer.pad_token_id
+        row_ids = torch.full((1, width), pad_id, dtype=torch.long, device=inputs.input_ids.device)
+        row_ids[0, :ids.numel()] = ids
+        row_mask = torch.zeros((1, width), dtype=inputs.attention_mask.dtype, device=inputs.input_ids.device)
+        row_mask[0, :ids.numel()] = 1
+        return replace(
+            inputs,
+            input_ids=torch.cat([widen(inputs.input_ids, pad_id), row_ids]),
+            attention_mask=torch.cat([widen(inputs.attention_mask, 0), row_mask]),
+            target_mask=torch.cat([widen(inputs.target_mask, False),
+                                   torch.zeros((1, width), dtype=torch.bool, device=inputs.input_ids.device)]),
+            pixel_inputs={k: v.to(inputs.input_ids.device) for k, v in pixels.items()},
+        )
 
     def forward(self, inputs: ModelInputs, **kwargs):
         context = torch.no_grad() if self.frozen else torch.enable_grad()
         with context:
-            anchor = self._vision_anchor(inputs)
-            out = self.engine(**self.adapter.model_kwargs(inputs), use_cache=False, **kwargs)
-        return out, anchor
-
-    @staticmethod
-    def _anchored(t: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
-        return t if anchor is None else t + anchor.to(t.dtype)
+            return self.engine(**self.adapter.model_kwargs(self.with_image(inputs)), use_cache=False, **kwargs)
 
     def target_logits(self, inputs: ModelInputs) -> torch.Tensor:
         """[T, V] logits at positions whose next token is an answer token (row-major).
@@ -60,13 +79,30 @@ class EngineRunner:
     def target_hidden(self, inputs: ModelInputs) -> torch.Tensor:
         """[T, H] final normed hidden states at the scored positions; the lm_head is not applied (a one-column
         ``logits_to_keep`` keeps it from materialising [B, L, V])."""
-        out, anchor = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
-        return self._anchored(out.hidden_states[-1][inputs.target_mask], anchor)
+        out = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
+        batch = inputs.input_ids.shape[0]
+        return out.hidden_states[-1][:batch, :inputs.target_mask.shape[1]][inputs.target_mask]
 
     def layer_hidden(self, inputs: ModelInputs, layer: int) -> torch.Tensor:
         """[B, L, H] hidden states leaving decoder layer ``layer`` (0-based)."""
-        out, anchor = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
-        return self._anchored(out.hidden_states[layer + 1], anchor)
+        out = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
+        return out.hidden_states[layer + 1][:inputs.input_ids.shape[0], :inputs.input_ids.shape[1]]
+
+
+class AdapterDisabledRunner(EngineRunner):
+    """LoRA mode's frozen base model: the student's own engine, run under no_grad with its adapters disabled
+    (peft ``disable_adapter()``), so the teacher/reference costs no second copy of the weights. The lm_head,
+    applied outside the forward by ``target_logits``, never carries an adapter (``models.lora``).
+
+    The calls are the student's module calls minus the adapters' on every rank alike, so rank symmetry holds;
+    under ZeRO-3 the base shards are gathered by the same hooks as in the student's forward."""
+
+    def __init__(self, student: EngineRunner):
+        super().__init__(student.engine, student.adapter, student.device, student.dtype, frozen=True)
+
+    def forward(self, inputs: ModelInputs, **kwargs):
+        with self.module.disable_adapter():
+            return super().forward(inputs, **kwargs)
 
 
 def make_generate_fn(module: torch.nn.Module, adapter, device: torch.device, dtype: torch.dtype, *,

@@ -193,6 +193,18 @@ class DeepSpeedStrategy:
         engine.step()
 
     @staticmethod
+    def micro_steps(engine) -> int:
+        return int(engine.micro_steps)
+
+    @staticmethod
+    def discard_accumulated(engine, micro_steps: int) -> None:
+        """Drop the gradients accumulated since ``micro_steps`` and rewind the accumulation counter: the
+        optimiser step is skipped as if its micro-batches never ran (no update, no scheduler step)."""
+        engine.optimizer.zero_grad(set_to_none=True)  # ZeRO-3 also restarts accumulation (micro_step_id = 0)
+        engine.zero_grad()
+        engine.micro_steps = micro_steps
+
+    @staticmethod
     def grad_norm(engine) -> float | None:
         norm = engine.get_global_grad_norm()
         if norm is None:
@@ -225,6 +237,35 @@ class DeepSpeedStrategy:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if it is True on any rank (one tiny all-reduce: a collective decision keeps ranks
+        making the same calls)."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def save_engine_checkpoint(self, engine, folder: Path, tag: str, client_state: dict) -> None:
+        """Engine, optimiser (ZeRO shards: every rank writes its own) and scheduler state."""
+        engine.save_checkpoint(str(folder), tag=tag, client_state={**client_state, "world_size": self.world_size},
+                               save_latest=False)
+
+    def load_engine_checkpoint(self, engine, folder: Path, tag: str) -> dict:
+        saved_world = self._saved_world_size(folder / tag)
+        if saved_world is not None and saved_world != self.world_size:
+            raise ValueError(f"{folder / tag}: checkpoint written by {saved_world} ranks cannot resume on "
+                             f"{self.world_size} (ZeRO shards are per rank); resume with {saved_world} ranks")
+        _, state = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=True)
+        return state or {}
+
+    @staticmethod
+    def _saved_world_size(folder: Path) -> int | None:
+        shards = list(folder.glob("*optim_states.pt"))
+        return len(shards) or None
+
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
@@ -256,6 +297,17 @@ class DeepSpeedStrategy:
         state = self.full_state_dict(engine)
         if self.is_main:
             save_hf_folder(engine.module, state, adapter, Path(out_dir))
+        self.barrier()
+
+    def save_lora(self, engine, adapter, model_dir: str | Path, adapter_dir: str | Path) -> None:
+        """LoRA mode's exports: the adapter alone (``adapter_dir``, peft format) and the base model with the
+        adapter merged in (``model_dir``, a plain Hugging Face folder). Merging needs the full base weights, so
+        they are gathered first (ZeRO-3: every rank must call this)."""
+        from vgid_dist.models.lora import save_lora_exports
+
+        state = self.full_state_dict(engine)
+        if self.is_main:
+            save_lora_exports(engine.module, state, adapter, Path(model_dir), Path(adapter_dir))
         self.barrier()
 
     def close(self) -> None:

@@ -25,18 +25,53 @@ import numpy as np
 import torch
 import yaml
 
-from vgid_dist.config import RunConfig
+from vgid_dist.config import ConfigError, RunConfig, flatten
 from vgid_dist.data.collate import Collator
 from vgid_dist.data.sampler import StepSampler
 from vgid_dist.data.schema import DataError
-from vgid_dist.engine.runner import EngineRunner
+from vgid_dist.data.validate import check_training_data
+from vgid_dist.engine.checkpoint import CheckpointManager
+from vgid_dist.engine.guards import (
+    CollectiveError,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    RunInterrupted,
+    StopSignals,
+    is_collective_failure,
+)
+from vgid_dist.engine.runner import AdapterDisabledRunner, EngineRunner
 from vgid_dist.engine.strategy import DeepSpeedStrategy
 from vgid_dist.methods import build_method
 from vgid_dist.models import load_adapter
+from vgid_dist.models.lora import apply_lora
 
 
 class RunExistsError(RuntimeError):
-    """The output folder holds a finished run; it is never overwritten silently."""
+    """The output folder holds a finished run (or another configuration's); never overwritten silently."""
+
+
+def check_same_config(out: Path, cfg: RunConfig, force: bool) -> None:
+    """Resuming in an output_dir written by a different configuration would mix two runs: refuse it."""
+    saved = out / "config.yaml"
+    if force or not saved.is_file():
+        return
+    old = flatten(yaml.safe_load(saved.read_text()) or {})
+    new = flatten(cfg.model_dump(mode="json"))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        raise RunExistsError(f"{saved}: this output_dir holds a run with another configuration (differs in "
+                             f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another output_dir "
+                             "or --force to start over")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the log lines of the steps a resumed run keeps (later ones are recomputed)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +101,8 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.out = cfg.resolved_output_dir()
         self.summary: dict[str, Any] = {}
+        self.nonfinite = NonFiniteGuard(cfg.max_consecutive_nonfinite)
+        self.phase = "setup"
 
     def log(self, message: str) -> None:
         if self.strategy.is_main:
@@ -77,11 +114,15 @@ class Trainer:
         if (self.out / "DONE").exists() and not self.force:
             raise RunExistsError(f"{self.out} holds a finished run (DONE present); choose another output_dir or "
                                  "pass --force to overwrite it")
+        check_same_config(self.out, cfg, self.force)
         seed_everything(cfg.optim.seed)
         # Model folder and data first: a bad path fails before a process group or a model is set up.
         self.adapter = load_adapter(cfg.model.path, cfg.model.family)
         self.collator = Collator(self.adapter, cfg.data.max_length)
         self.method = build_method(cfg.method, self.collator, cfg.optim.seed)
+        if not self.method.trains:
+            raise ConfigError(f"method.name: {cfg.method.name!r} does not train (it is evaluated on the base model: "
+                              f"`vgid eval --icu STYLE`, or `vgid demo --methods {cfg.method.name}`)")
         self.primary, self.retain = self.method.training_samples(cfg.data)
         if not self.primary:
             raise DataError(f"{cfg.data.root}: the training split of method {cfg.method.name!r} is empty "
@@ -89,10 +130,15 @@ class Trainer:
         if self.method.uses_retain and not self.retain:
             raise DataError(f"{cfg.data.root}: method {cfg.method.name!r} needs retain samples but the retain "
                             "split is empty")
+        # Unreadable images, people in both splits, answers lost to truncation: found before any compute.
+        self.data_report = check_training_data(self.primary, self.retain, self.collator,
+                                               check_overlap=self.method.uses_retain)
         self.strategy = DeepSpeedStrategy.for_run(cfg)
+        self.log(f"[vgid] data: {self.data_report.summary()}")
         self.sampler = StepSampler(len(self.primary), len(self.retain), cfg.optim.batch_size,
                                    self.strategy.world_size, self.strategy.rank, cfg.optim.grad_accum,
-                                   cfg.optim.seed)
+                                   cfg.optim.seed, tuple(self.data_report.primary_lengths),
+                                   tuple(self.data_report.retain_lengths))
         self.total_steps = self.sampler.total_steps(cfg.optim.epochs, cfg.optim.max_steps)
 
         if self.strategy.is_main:
@@ -107,14 +153,33 @@ class Trainer:
         student_model = self.adapter.load_model(self.strategy.dtype, attention)
         if cfg.model.gradient_checkpointing:
             student_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        layers = self.adapter.language_layers(student_model)
+        if cfg.model.lora is not None:
+            student_model = apply_lora(student_model, layers, cfg.model.lora)
+        self.method.configure_trainable(student_model, layers)
         self.engine = self.strategy.build_student(student_model, self.total_steps)
         self.student = EngineRunner(self.engine, self.adapter, self.strategy.device, self.strategy.dtype, frozen=False)
         self.frozen = None
-        if self.method.needs_frozen:
+        if self.method.needs_frozen and cfg.model.lora is not None:
+            # LoRA mode: the base model is the student's own engine with its adapters off; no second copy.
+            self.frozen = AdapterDisabledRunner(self.student)
+        elif self.method.needs_frozen:
             frozen_engine = self.strategy.build_frozen(self.adapter.load_model(self.strategy.dtype, attention))
             self.frozen = EngineRunner(frozen_engine, self.adapter, self.strategy.device, self.strategy.dtype,
                                        frozen=True)
         self.engine.train()
+        self.checkpoints = CheckpointManager(self.out, self.strategy)
+        self.start_step = 0
+        if self.force:
+            self.checkpoints.clear()
+        elif self.checkpoints.latest() is not None:
+            state = self.checkpoints.load(self.engine)
+            self.start_step = int(state["step"])
+            self.nonfinite.total = int(state.get("nonfinite_skipped", 0))
+            self.log(f"[vgid] resumed from step {self.start_step}/{self.total_steps} "
+                     f"(checkpoint {self.checkpoints.latest()[1]})")
+        if self.strategy.is_main:
+            trim_log(self.out / "train_log.jsonl", self.start_step)
         self._notify("on_start", self)
 
     def _notify(self, event: str, *args) -> None:
@@ -130,38 +195,94 @@ class Trainer:
             p_idx, r_idx = self.sampler.micro_indices(step, micro)
             yield self.method.build_batch([self.primary[i] for i in p_idx], [self.retain[i] for i in r_idx], epoch)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, float] | None:
+        """One optimiser step; None when it was skipped for a non-finite loss (on every rank alike)."""
         batches = [b.to(self.strategy.device, self.strategy.dtype) for b in self.micro_batches(step)]
         keys = sorted(batches[0].counts)
         # Global counts first (one all-reduce): each micro-batch's loss is divided by the step's total number
         # of scored tokens, so the gradient does not depend on the rank/micro-batch split.
+        self.phase = "token-count all-reduce"
         totals = self.strategy.all_reduce_sum([float(sum(b.counts[k] for b in batches)) for k in keys])
         counts = dict(zip(keys, totals))
         sums: dict[str, float] = defaultdict(float)
+        micro_steps_before = self.strategy.micro_steps(self.engine)
         for batch in batches:
+            self.phase = "forward"
             out = self.method.compute_loss(batch, self.student, self.frozen, counts)
+            # Decided collectively: a rank that skipped backward alone would leave the others waiting in the
+            # gradient reduce-scatter.
+            if self.strategy.any_rank(not bool(torch.isfinite(out.loss.detach()))):
+                self.strategy.discard_accumulated(self.engine, micro_steps_before)
+                return None
+            self.phase = "backward"
             self.strategy.backward(self.engine, out.loss)
+            self.phase = "optimizer step"
             self.strategy.step(self.engine)
             sums["loss"] += float(out.loss.detach())
             for name, value in out.terms.items():
                 sums[name] += float(value)
             sums["truncated_answers"] += float(batch.meta.get("truncated", 0))
         names = sorted(sums)
+        self.phase = "metrics all-reduce"
         reduced = dict(zip(names, self.strategy.all_reduce_sum([sums[n] for n in names])))
         reduced.update({f"tokens/{k}": v for k, v in counts.items()})
         return reduced
+
+    def checkpoint(self, step: int) -> Path:
+        self.phase = "checkpoint save"
+        path = self.checkpoints.save(self.engine, step, {"nonfinite_skipped": self.nonfinite.total})
+        self.log(f"[vgid] checkpoint at step {step} -> {path}")
+        return path
+
+    def guarded_step(self, step: int) -> dict[str, float] | None:
+        try:
+            return self.train_step(step)
+        except Exception as exc:  # name the rank and the operation instead of a bare backend error
+            if is_collective_failure(exc):
+                raise CollectiveError(
+                    f"rank {self.strategy.rank}/{self.strategy.world_size}: a collective failed during "
+                    f"{self.phase} of step {step + 1} (process-group timeout {self.cfg.dist_timeout_s} s, "
+                    f"dist_timeout_s): {type(exc).__name__}: {exc}") from exc
+            raise
 
     def train(self) -> None:
         cfg = self.cfg
         log_path = self.out / "train_log.jsonl"
         start = time.perf_counter()
         samples_per_step = cfg.optim.batch_size * (2 if self.retain else 1)
+        evaluation = None
+        if cfg.eval.every_steps:
+            from vgid_dist.eval.run import EngineEvaluation
+
+            evaluation = EngineEvaluation(cfg)  # reads the benchmark once: a missing split fails before step 1
+        signals = StopSignals()
+        try:
+            self._train_loop(start, samples_per_step, log_path, evaluation, signals)
+        finally:
+            signals.close()
+
+    def _train_loop(self, start: float, samples_per_step: int, log_path: Path, evaluation, signals) -> None:
+        cfg = self.cfg
         last = None
-        for step in range(self.total_steps):
+        for step in range(self.start_step, self.total_steps):
             lr = self.strategy.current_lr(self.engine)  # the rate this step's update uses
             t0 = time.perf_counter()
-            metrics = self.train_step(step)
+            metrics = self.guarded_step(step)
             elapsed = time.perf_counter() - t0
+            done = step + 1
+            self.nonfinite.record(metrics is not None)
+            if metrics is None:
+                self.log(f"step {done}/{self.total_steps} | skipped: non-finite loss on some rank "
+                         f"({self.nonfinite.consecutive} in a row, {self.nonfinite.total} in all)")
+                self._notify("on_step", done, {"nonfinite_skipped": float(self.nonfinite.total)})
+                if self.nonfinite.exhausted:
+                    path = self.checkpoint(done)
+                    raise NonFiniteLossError(
+                        f"{self.nonfinite.consecutive} consecutive steps had a non-finite loss (limit "
+                        f"max_consecutive_nonfinite={cfg.max_consecutive_nonfinite}); stopped at step {done} with "
+                        f"checkpoint {path}. Lower optim.lr or check the data, then rerun to resume.")
+                continue
+            metrics["nonfinite_skipped"] = float(self.nonfinite.total)
             metrics["lr"] = lr
             grad_norm = self.strategy.grad_norm(self.engine)
             if grad_norm is not None:
@@ -169,25 +290,40 @@ class Trainer:
             metrics["samples_per_s"] = samples_per_step / max(elapsed, 1e-9)
             metrics["step_time_s"] = elapsed
             metrics["epoch"] = self.sampler.epoch_of(step)
-            done = step + 1
             last = metrics
             if self.strategy.is_main and (done % cfg.log_every == 0 or done == self.total_steps):
-                eta = (time.perf_counter() - start) / done * (self.total_steps - done)
+                eta = (time.perf_counter() - start) / (done - self.start_step) * (self.total_steps - done)
                 terms = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                    if k not in ("lr", "samples_per_s", "step_time_s", "epoch", "grad_norm",
-                                                "truncated_answers") and not k.startswith("tokens/"))
+                                                "truncated_answers", "nonfinite_skipped")
+                                   and not k.startswith("tokens/"))
                 print(f"step {done}/{self.total_steps} | {terms} | lr {metrics['lr']:.2e} | "
                       f"{metrics['samples_per_s']:.1f} samples/s | eta {format_duration(eta)}", flush=True)
                 with log_path.open("a") as fh:
                     fh.write(json.dumps({"step": done, **metrics}) + "\n")
             self._notify("on_step", done, metrics)
+            if evaluation is not None and done % cfg.eval.every_steps == 0:
+                # Every rank evaluates: under ZeRO-3 each generation step gathers shards from all of them.
+                results = evaluation.run(self.strategy, self.engine, self.adapter, self.out / f"eval_step{done}.json",
+                                         step=done)
+                self.log(f"[vgid] evaluated at step {done} -> {self.out / f'eval_step{done}.json'}")
+                self._notify("on_eval", results)
+            # One small all-reduce per step: a signal seen by any rank stops every rank at the same step.
+            if self.strategy.any_rank(signals.requested):
+                raise RunInterrupted(done, signals.received or "a signal on another rank", self.checkpoint(done))
+            if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+                self.checkpoint(done)
         self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,
+                        "nonfinite_skipped": self.nonfinite.total, "resumed_from": self.start_step,
                         "final": last or {}}
 
     # -- finish ---------------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         model_dir = self.out / "model"
-        self.strategy.save_pretrained(self.engine, self.adapter, model_dir)
+        if self.cfg.model.lora is not None:
+            self.strategy.save_lora(self.engine, self.adapter, model_dir, self.out / "adapter")
+        else:
+            self.strategy.save_pretrained(self.engine, self.adapter, model_dir)
         self.log(f"[vgid] saved {model_dir}")
         if self.cfg.eval.at_end:
             from vgid_dist.eval.run import evaluate_engine
@@ -197,6 +333,8 @@ class Trainer:
         if self.strategy.is_main:
             write_json_atomic(self.out / "metrics.json", self.summary)
             (self.out / "DONE").write_text(json.dumps({"finished": time.time()}))
+        # The final model is saved: the resume state (optimiser shards: 12 bytes per parameter) goes.
+        self.checkpoints.clear()
         self._notify("on_end", self.summary)
         self.strategy.barrier()
         return self.summary

@@ -1,5 +1,5 @@
-"""Evaluation jobs: a model folder (``vgid eval``) or the engine at the end of training, written to a results
-JSON and a predictions JSONL beside it."""
+"""Evaluation jobs: a model folder (``vgid eval``) or the engine during and at the end of training, written to
+a results JSON and a predictions JSONL beside it."""
 
 from __future__ import annotations
 
@@ -8,39 +8,67 @@ import os
 import time
 from pathlib import Path
 
-from vgid_dist.data.collate import Collator
+import torch
+
+from vgid_dist.data.collate import Collator, ModelInputs
 from vgid_dist.data.mllmu import MLLMUBench
-from vgid_dist.eval.evaluator import EvalOptions, generate_predictions, prediction_record, score
+from vgid_dist.eval.evaluator import EvalOptions, Prediction, generate_predictions, prediction_record, score
 from vgid_dist.eval.items import EvalItem, items_for
+from vgid_dist.eval.prompting import draw_shots
 
 SPLITS = ("forget", "test", "retain", "celebrity")
 
 
-def build_items(bench: MLLMUBench, forget_ratio: int, splits=SPLITS, seed: int = 0,
-                limit: int | None = None) -> list[EvalItem]:
-    """Every scored question of the requested splits. A split folder that is missing fails here, at start."""
+def build_items(bench: MLLMUBench, forget_ratio: int, splits=SPLITS, seed: int = 0, limit: int | None = None,
+                few_shot: int = 0) -> list[EvalItem]:
+    """Every scored question of the requested splits. Every split folder (and ``Full_Set`` when few-shot
+    examples are asked for) is read here, so a missing one fails at start, naming it."""
+    shots = draw_shots(bench.full_set(), few_shot, seed) if few_shot > 0 else {}
+    skip = {s.key for group in shots.values() for s in group}
     items: list[EvalItem] = []
     for split in splits:
         profiles = bench.profiles(split, forget_ratio)
         for profile in profiles[:limit] if limit else profiles:
-            items.extend(items_for(profile, split, seed))
+            items.extend(items_for(profile, split, seed, shots, skip))
     return items
 
 
+def make_logprobs_fn(module: torch.nn.Module, adapter, device: torch.device, dtype: torch.dtype):
+    """(right-padded prompts with answer tokens) -> [T, V] float32 log-probabilities at the target positions.
+
+    One forward call per batch on every rank (ZeRO-3 gathers each layer's shards inside it, the output head's
+    when it is called here); the head runs on the T scored positions only, never on [B, L, V]."""
+    head = module.get_output_embeddings()
+
+    @torch.no_grad()
+    def logprobs(inputs: ModelInputs) -> torch.Tensor:
+        inputs = inputs.to(device, dtype)
+        out = module(**adapter.model_kwargs(inputs), use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1][inputs.target_mask]  # [T, H], after the final norm
+        return head(hidden).float().log_softmax(dim=-1).cpu()
+
+    return logprobs
+
+
 def run_evaluation(items: list[EvalItem], collator: Collator, generate, opts: EvalOptions, strategy,
-                   out_file: Path | None = None, progress: bool = True) -> dict | None:
+                   out_file: Path | None = None, progress: bool = True, *, logprobs=None, splits=SPLITS,
+                   meta: dict | None = None) -> dict | None:
     """Generate on every rank, gather and score on rank 0; returns the results there (None elsewhere)."""
     t0 = time.perf_counter()
     local = generate_predictions(items, collator, generate, opts, rank=strategy.rank, world=strategy.world_size,
-                                 progress=progress)
-    gathered = strategy.gather_objects(local)
+                                 progress=progress, logprobs=logprobs)
+    # Only (uid, reply, error, choice) travel: every rank holds the same items, images included.
+    gathered = strategy.gather_objects([(p.item.uid, p.reply, p.error, p.choice_logits) for p in local])
     if not strategy.is_main:
         return None
-    predictions = sorted((p for part in gathered for p in part), key=lambda p: p.item.uid)
-    results = score(predictions)
+    by_uid = {it.uid: it for it in items}
+    predictions = sorted((Prediction(by_uid[uid], reply, error, choice) for part in gathered
+                          for uid, reply, error, choice in part), key=lambda p: p.item.uid)
+    results = score(predictions, splits)
     results["meta"] = {"questions": len(items), "seconds": time.perf_counter() - t0, "world_size": strategy.world_size,
                        "batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "icu": opts.icu,
-                       "attack": opts.attack, "seed": opts.seed}
+                       "attack": opts.attack, "seed": opts.seed, "few_shot": opts.few_shot, "mc_mode": opts.mc_mode,
+                       **(meta or {})}
     if out_file is not None:
         write_results(out_file, results, predictions)
     return results
@@ -51,33 +79,59 @@ def predictions_path(out_file: Path) -> Path:
 
 
 def write_results(out_file: Path, results: dict, predictions) -> None:
+    """FILE.json and FILE.predictions.jsonl, each written to a temporary file and renamed."""
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     pred_path = predictions_path(out_file)
     tmp = pred_path.with_name(f".{pred_path.name}.tmp")
     with tmp.open("w") as fh:
         for p in predictions:
-            fh.write(json.dumps(prediction_record(p)) + "\n")
+            fh.write(json.dumps(prediction_record(p), ensure_ascii=False) + "\n")
     os.replace(tmp, pred_path)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
     os.replace(tmp, out_file)
 
 
-def evaluate_engine(cfg, strategy, engine, adapter, out_dir: Path) -> dict | None:
-    """End-of-training evaluation with the student engine (ZeRO-3 shards stay where they are)."""
-    from vgid_dist.engine.runner import make_generate_fn
+def engine_options(cfg) -> EvalOptions:
+    e = cfg.eval
+    return EvalOptions(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, seed=cfg.optim.seed,
+                       few_shot=e.few_shot, mc_mode=e.mc_mode)
 
-    bench = MLLMUBench(cfg.data.root, cfg.data.train_root)
-    items = build_items(bench, cfg.data.forget_ratio, cfg.eval.splits, cfg.optim.seed, cfg.eval.limit)
-    module = engine.module
-    was_training = module.training
-    module.eval()
-    generate = make_generate_fn(module, adapter, strategy.device, strategy.dtype, synced=strategy.synced_generation)
-    opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.optim.seed)
-    results = run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_dir) / "eval.json")
-    module.train(was_training)
-    return results
+
+class EngineEvaluation:
+    """The evaluation a training run repeats (every ``eval.every_steps`` steps, and at the end): the benchmark
+    is read and the questions built once, at construction (a missing split folder fails there)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.opts = engine_options(cfg)
+        bench = MLLMUBench(cfg.data.root, cfg.data.train_root)
+        self.items = build_items(bench, cfg.data.forget_ratio, cfg.eval.splits, self.opts.seed, cfg.eval.limit,
+                                 self.opts.few_shot)
+
+    def run(self, strategy, engine, adapter, out_file: Path, *, step: int | None = None) -> dict | None:
+        """Every rank must call this (ZeRO-3: each forward gathers shards from all ranks)."""
+        from vgid_dist.engine.runner import make_generate_fn
+
+        module = engine.module
+        was_training = module.training
+        module.eval()
+        generate = make_generate_fn(module, adapter, strategy.device, strategy.dtype,
+                                    synced=strategy.synced_generation)
+        logprobs = make_logprobs_fn(module, adapter, strategy.device, strategy.dtype)
+        try:
+            return run_evaluation(self.items, Collator(adapter, 10**6), generate, self.opts, strategy, out_file,
+                                  logprobs=logprobs, splits=self.cfg.eval.splits,
+                                  meta={"step": step, "forget_ratio": self.cfg.data.forget_ratio})
+        finally:
+            module.train(was_training)
+
+
+def evaluate_engine(cfg, strategy, engine, adapter, out_dir: Path, *, out_name: str = "eval.json",
+                    step: int | None = None) -> dict | None:
+    """One evaluation of the student engine (ZeRO-3 shards stay where they are), to ``out_dir/out_name``."""
+    return EngineEvaluation(cfg).run(strategy, engine, adapter, Path(out_dir) / out_name, step=step)
 
 
 def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file: str | Path, *,
@@ -91,7 +145,7 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
 
     adapter = load_adapter(model_path)
     bench = MLLMUBench(data_root)
-    items = build_items(bench, forget_ratio, splits, opts.seed, limit)  # fails early on a missing split
+    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.few_shot)  # fails early on a missing split
     _, world = DeepSpeedStrategy.init_process_group()
     strategy = DeepSpeedStrategy.for_inference(dtype=dtype, attention=attention, zero_stage=3 if world > 1 else 0)
     try:
@@ -99,6 +153,9 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
         module = strategy.build_frozen(model).module if world > 1 else model.to(strategy.device).eval()
         generate = make_generate_fn(module, adapter, strategy.device, strategy.dtype,
                                     synced=strategy.synced_generation)
-        return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file), progress)
+        logprobs = make_logprobs_fn(module, adapter, strategy.device, strategy.dtype)
+        return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file), progress,
+                              logprobs=logprobs, splits=splits,
+                              meta={"model": str(model_path), "data": str(data_root), "forget_ratio": forget_ratio})
     finally:
         strategy.close()

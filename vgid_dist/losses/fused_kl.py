@@ -52,7 +52,8 @@ def _kl_chunks(
     device = h_s.device
     f32 = torch.float32
     if low_precision_gemm:
-        # CUDA with bf16/fp16 weights: GEMMs stay in the weight dtype (tensor cores), softmax in fp32.
+        # Accelerator with a bf16/fp16 head: GEMMs stay in each weight's dtype (tensor cores), softmax and
+        # everything after it in fp32.
         gemm_dtype = w_s.dtype
         ws, wt = w_s, w_t
     else:
@@ -71,8 +72,9 @@ def _kl_chunks(
 
     kl = torch.empty(n, dtype=f32, device=device) if want_loss else None
     grad_h = torch.empty_like(h_s) if need_grad_h else None
-    # fp32 accumulator: summing many chunk contributions in bf16 would lose the small ones.
-    grad_w = torch.zeros(w_s.shape, dtype=f32, device=device) if need_grad_w else None
+    # fp32 accumulator: summing many chunk contributions in bf16 would lose the small ones. Not zeroed:
+    # the first chunk writes it (saves a pass over [V, H]).
+    grad_w = torch.empty(w_s.shape, dtype=f32, device=device) if need_grad_w else None
     need_grads = need_grad_h or need_grad_w
     per_row_scale = isinstance(row_scale, torch.Tensor)
 
@@ -84,7 +86,7 @@ def _kl_chunks(
         e = exp_buf[: c * v].view(c, v)
 
         hs = h_s[start:end].to(gemm_dtype)
-        ht = h_t[start:end].to(gemm_dtype)
+        ht = h_t[start:end].to(wt.dtype)
         if low_precision_gemm:
             if shared_weight:
                 both.copy_(torch.mm(torch.cat([hs, ht]), ws.t()))
@@ -127,19 +129,33 @@ def _kl_chunks(
         # (one pass over [c, V]); the per-row factor 1 / z_s, together with the reduction scale and 1 / T,
         # is applied to the [c, H] operands of the two GEMMs below, which is H/V of the work.
         e.addcmul_(t, (z_s / z_t).neg_().unsqueeze(1))
-        coef = inv_temp / z_s
-        coef = coef * (row_scale[start:end] if per_row_scale else row_scale)
-        coef = coef.unsqueeze(1)
-        g = e.to(gemm_dtype) if low_precision_gemm else e
+        coef = inv_temp * (row_scale[start:end] if per_row_scale else row_scale)
+        if low_precision_gemm:
+            # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range,
+            # while softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H] side.
+            e.mul_(z_s.reciprocal().unsqueeze(1))
+            g = e.to(gemm_dtype)
+            coef = (coef * torch.ones_like(z_s)).unsqueeze(1)
+        else:
+            g = e
+            coef = (coef / z_s).unsqueeze(1)
         if need_grad_h:
             grad_h[start:end] = torch.mm(g, ws).to(f32).mul_(coef)
         if need_grad_w:
             hs_scaled = h_s[start:end].to(f32) * coef
             if low_precision_gemm:
-                grad_w.add_(torch.mm(g.t(), hs_scaled.to(gemm_dtype)))
+                part = torch.mm(g.t(), hs_scaled.to(gemm_dtype))
+                if start == 0:
+                    grad_w.copy_(part)
+                else:
+                    grad_w.add_(part)
+            elif start == 0:
+                torch.mm(g.t(), hs_scaled, out=grad_w)
             else:
                 grad_w.addmm_(g.t(), hs_scaled)
 
+    if grad_w is not None and n == 0:
+        grad_w.zero_()
     if grad_w is not None and grad_w.dtype != w_s.dtype:
         grad_w = grad_w.to(w_s.dtype)
     return kl, grad_h, grad_w

@@ -83,6 +83,11 @@ class Method:
         forget, retain = load_unlearning_data(data_cfg)
         return forget, (retain if self.uses_retain else [])
 
+    def configure_trainable(self, model: torch.nn.Module, layers: torch.nn.ModuleList) -> None:
+        """Called once before the student engine is built: a method may switch ``requires_grad`` off for
+        parameters it must not train (only ever off: LoRA mode has already frozen the base weights).
+        ``layers`` are the language model's decoder layers. Default: train what the run trains."""
+
     def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:
         raise NotImplementedError
 

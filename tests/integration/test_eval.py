@@ -1,0 +1,357 @@
+"""``vgid eval`` end to end: a benchmark folder in the official MLLMU-Bench layout written here by hand (pandas,
+JPEG images, Test_Set in two shards), metrics recomputed independently from the predictions file, robustness
+(unreadable images, an empty split, a missing split folder, unusual unicode), the log-probability multiple
+choice against a one-question-at-a-time reference, batched = unbatched replies, 2 ZeRO-3 ranks = 1 rank, and
+evaluation every N steps inside a 2-rank training run."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.conftest import PYTHON, run_launcher
+
+pytestmark = pytest.mark.integration
+
+SPLITS = ("forget", "test", "retain", "celebrity")
+METRICS = ("class_acc", "cloze_acc", "gen_rougeL", "gen_bleu")
+
+# Names and places the tiny models' tokenizer never saw (byte-level BPE must still encode them).
+PEOPLE = [
+    ("hb001", "Zoë Ørsted", "Tromsø", "glass-blower", "Fjordlys AS"),
+    ("hb002", "Łukasz Wróbel", "Gdańsk", "luthier", "Bałtyk Sound"),
+    ("hb003", "Aiyana Tsosie", "Flagstaff", "hydrologist", "Red Mesa Water"),
+    ("hb004", "Nguyễn Thị Mai", "Huế", "cartographer", "Sông Hương Maps"),
+    ("hb005", "Søren Kähler", "Odense", "sommelier", "Vinhus 1899"),
+    ("hb006", "Ana Lima", "Recife", "ceramicist", "Olaria Azul"),
+]
+CELEBRITIES = [("cel001", "Mika Häkkinen-Rossi", "Turku", "rally driver", "Polar Motors"),
+               ("cel002", "Dolores 李 Vega", "Sevilla", "flamenco singer", "Casa Luna 🎶")]
+FORGET_5 = ("hb001", "hb002")
+
+
+def jpeg(seed: int, size: int = 48) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def options_for(truth: str, others: list[str], correct: str) -> dict:
+    rest = iter(o for o in others if o != truth)
+    return {k: truth if k == correct else next(rest) for k in "ABCD"}
+
+
+def profile_row(k: int, person, everyone) -> dict:
+    pid, name, city, job, employer = person
+    cities = [p[2] for p in everyone] + ["Oslo", "Lima", "Pune"]
+    jobs = [p[3] for p in everyone] + ["baker", "pilot", "nurse"]
+    classification = {
+        # pandas hands nested lists back as numpy object arrays; written the same way here
+        "Image_Textual_Questions": np.array([
+            {"Question": "Where was the person in the image born?",
+             "Options": options_for(city, cities, "ABCD"[k % 4]), "Correct_Answer": "ABCD"[k % 4]},
+            {"Question": "What does the person in the image do for a living?",
+             "Options": options_for(job, jobs, "ABCD"[(k + 1) % 4]), "Correct_Answer": "ABCD"[(k + 1) % 4]},
+        ], dtype=object),
+        "Pure_Text_Questions": np.array([
+            {"Question": f"Where was {name} born?", "Options": options_for(city, cities, "ABCD"[(k + 2) % 4]),
+             "Correct_Answer": "ABCD"[(k + 2) % 4]},
+            {"Question": f"What is {name}'s job?", "Options": options_for(job, jobs, "ABCD"[(k + 3) % 4]),
+             "Correct_Answer": "ABCD"[(k + 3) % 4]},
+        ], dtype=object),
+    }
+    mask = np.array([
+        {"Question": "The person in the image was born in __.", "Ground_Truth": city, "Type": "Image_Textual"},
+        {"Question": f"{name} works at __.", "Ground_Truth": employer, "Type": "Pure_Text"},
+    ], dtype=object)
+    generation = np.array([
+        {"Question": "What is the occupation of the person in the image?",
+         "Ground_Truth": f"This person works as a {job} at {employer}.", "Type": "Image_Textual"},
+        {"Question": f"Where was {name} born and what does {name.split()[0]} do?",
+         "Ground_Truth": f"{name} was born in {city} and is a {job}.", "Type": "Pure_Text"},
+    ], dtype=object)
+    return {"ID": pid, "biography": f"{name} is a {job} from {city}.", "question": "Who is this?",
+            "answer": f"This is {name}.", "Classification_Task": classification, "Mask_Task": mask,
+            "Generation_Task": generation}
+
+
+def write_official_layout(root: Path, *, broken: bool = False) -> Path:
+    """A benchmark in MLLMU-Bench's layout, written with pandas. ``broken``: one retain row's image is not
+    a JPEG, another's points at a file that does not exist, and Test_Set holds no forget id (an empty split)."""
+    rows = [profile_row(k, p, PEOPLE) for k, p in enumerate(PEOPLE)]
+    celebs = [profile_row(k, p, CELEBRITIES + PEOPLE) for k, p in enumerate(CELEBRITIES)]
+
+    def frame(chosen, image=True, directory=False):
+        out = []
+        for r in chosen:
+            row = dict(r)
+            if image:
+                row["image"] = {"bytes": jpeg(int(r["ID"][-3:]) + 7 * len(r["ID"])), "path": f"{r['ID']}.jpg"}
+            if directory:
+                row["Directory"] = f"images/{r['ID']}"
+            out.append(row)
+        return pd.DataFrame(out)
+
+    def write(df: pd.DataFrame, folder: str, name: str = "train-00000-of-00001.parquet"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        df.to_parquet(root / folder / name, engine="pyarrow", index=False)
+
+    write(frame(rows, directory=True), "Full_Set")
+    write(frame([r for r in rows if r["ID"] in FORGET_5]), "forget_5")
+    retain = frame([r for r in rows if r["ID"] not in FORGET_5])
+    if broken:
+        retain.at[0, "image"] = {"bytes": b"\xff\xd8 this is not a jpeg", "path": None}
+        retain.at[1, "image"] = {"bytes": None, "path": str(root / "images" / "missing.jpg")}
+    write(retain, "retain_95")
+    test = frame(rows, image=False)
+    test["images"] = [np.array([{"bytes": jpeg(100 * k + j), "path": f"{r['ID']}_pose{j}.jpg"} for j in range(3)],
+                               dtype=object) for k, r in enumerate(rows)]
+    if broken:
+        test = test[~test["ID"].isin(FORGET_5)].reset_index(drop=True)
+    write(test.iloc[:3], "Test_Set", "train-00000-of-00002.parquet")
+    write(test.iloc[3:], "Test_Set", "train-00001-of-00002.parquet")
+    write(frame(celebs), "Retain_Set")
+    return root
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory) -> Path:
+    return write_official_layout(tmp_path_factory.mktemp("official") / "MLLMU-Bench")
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> Path:
+    return write_official_layout(tmp_path_factory.mktemp("broken") / "MLLMU-Bench", broken=True)
+
+
+def vgid_eval(model: Path, data: Path, out: Path, *extra: str, ranks: int = 1, timeout: int = 300):
+    args = ["--model", str(model), "--data", str(data), "--forget-ratio", "5", "--out", str(out), *extra]
+    if ranks == 1:
+        cmd = [PYTHON, "-m", "vgid_dist.cli", "eval", *args]
+    else:
+        cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", "29631", "--no_local_rank", "--module",
+               "vgid_dist.cli", "eval",
+               *args]
+    return run_launcher(cmd, timeout=timeout)
+
+
+def read_predictions(out: Path) -> list[dict]:
+    path = out.with_name(out.name.removesuffix(".json") + ".predictions.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---- the official metric definitions, written independently of vgid_dist.eval.metrics ----------------------
+
+def reference_metrics(records: list[dict]) -> dict:
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    values: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r["reply"] is None:
+            continue
+        reply, truth = r["reply"], r["ground_truth"]
+        if r["task"] == "classification":
+            letters = re.sub(r"[^A-Za-z0-9]", "", reply)
+            got = {"class_acc": float(letters[:1].upper() == truth)}
+        elif r["task"] == "cloze":
+            got = {"cloze_acc": float(truth.lower() in reply.lower())}
+        else:
+            hyp = reply.split()
+            bleu = sentence_bleu([truth.split()], hyp, smoothing_function=SmoothingFunction().method1) if hyp else 0.0
+            got = {"gen_rougeL": scorer.score(truth, reply)["rougeL"].fmeasure, "gen_bleu": bleu}
+        for metric, v in got.items():
+            values.setdefault((r["split"], metric), []).append(v)
+    return {key: sum(v) / len(v) for key, v in values.items()}
+
+
+def aggregates(results: dict) -> dict:
+    return {s: results[s] for s in SPLITS if s in results}
+
+
+# ---- tests --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def official_run(tiny_llava, official, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "official.json"
+    result = vgid_eval(tiny_llava, official, out, "--batch-size", "8", "--max-new-tokens", "12")
+    assert result.returncode == 0, result.stdout[-6000:]
+    return out, result
+
+
+def test_official_layout_reports_every_split_and_metric(official_run):
+    out, result = official_run
+    results = json.loads(out.read_text())
+    for split in SPLITS:
+        assert set(METRICS) <= set(results[split]), (split, results[split])
+        assert set(results["by_type"][split]) == {"Image_Textual", "Pure_Text"}
+    # 8 questions per profile: forget 2 profiles, test their 2 rows, retain 4, celebrity 2
+    assert results["counts"]["forget"] == {"class_acc": 8, "cloze_acc": 4, "gen_rougeL": 4, "gen_bleu": 4}
+    assert results["counts"]["retain"]["class_acc"] == 16 and results["counts"]["test"]["class_acc"] == 8
+    assert results["skipped"] == {s: 0 for s in SPLITS}
+    assert "forget" in result.stdout and "gen_rougeL" in result.stdout  # the console table
+
+
+def test_reported_aggregates_match_the_official_definitions(official_run):
+    from vgid_dist.eval.evaluator import Prediction, score
+    from vgid_dist.eval.items import EvalItem
+
+    out, _ = official_run
+    results, records = json.loads(out.read_text()), read_predictions(out)
+    assert len(records) == 10 * 8  # forget 2 + test 2 + retain 4 + celebrity 2 profiles, 8 questions each
+    for r in records:
+        assert {"split", "task", "type", "question", "ground_truth", "reply"} <= set(r)
+        if r["task"] == "classification":
+            assert r["ground_truth"] in "ABCD" and len(r["ground_truth"]) == 1
+    reference = reference_metrics(records)
+    for (split, metric), value in reference.items():
+        assert results[split][metric] == pytest.approx(value, abs=1e-12), (split, metric)
+    # A random tiny model's replies rarely score: re-score the same questions with half of them answered
+    # right, so the comparison runs on non-trivial values too.
+    for i, r in enumerate(records):
+        r["reply"] = (f"{r['ground_truth']}." if i % 2 == 0 else "I do not know")
+    items = [Prediction(EvalItem(r["uid"], r["split"], r["profile_id"], r["task"], r["type"], r["question"],
+                                 r["ground_truth"], None, r.get("options")), r["reply"]) for r in records]
+    rescored = score(items, SPLITS)
+    reference = reference_metrics(records)
+    assert 0 < reference[("forget", "class_acc")] < 1 and 0 < reference[("retain", "gen_rougeL")] < 1
+    for (split, metric), value in reference.items():
+        assert rescored[split][metric] == pytest.approx(value, abs=1e-12), (split, metric)
+
+
+def test_unreadable_images_are_skipped_and_an_empty_split_reported(tiny_llava, broken, tmp_path):
+    out = tmp_path / "broken.json"
+    result = vgid_eval(tiny_llava, broken, out, "--batch-size", "4", "--max-new-tokens", "4")
+    assert result.returncode == 0, result.stdout[-6000:]
+    results = json.loads(out.read_text())
+    # two retain profiles lost their image: their 2 + 1 + 1 Image_Textual questions each are skipped
+    assert results["skipped"] == {"forget": 0, "test": 0, "retain": 8, "celebrity": 0}
+    assert results["counts"]["retain"]["class_acc"] == 16 - 4
+    assert results["test"] == {} and results["counts"]["test"] == {}
+    assert set(METRICS) <= set(results["celebrity"])
+    errors = [r for r in read_predictions(out) if r["reply"] is None]
+    assert len(errors) == 8 and all("unreadable image" in r["error"] for r in errors)
+    assert any("missing.jpg" in r["error"] for r in errors)
+
+
+def test_missing_split_folder_fails_at_start_naming_it(tiny_llava, official, tmp_path):
+    data = tmp_path / "bench"
+    shutil.copytree(official, data)
+    shutil.rmtree(data / "Test_Set")
+    result = vgid_eval(tiny_llava, data, tmp_path / "x.json", timeout=120)
+    assert result.returncode == 2 and "Test_Set: folder not found" in result.stdout
+    assert "Loading weights" not in result.stdout  # failed before the model was loaded
+    shutil.rmtree(data / "Full_Set")
+    result = vgid_eval(tiny_llava, data, tmp_path / "x.json", "--splits", "forget", "--few-shot", "1", timeout=120)
+    assert result.returncode == 2 and "Full_Set: folder not found" in result.stdout
+
+
+def _direct(model_dir: Path):
+    """Plain model + the evaluator's generation and scoring functions, without a process group."""
+    from vgid_dist.data.collate import Collator
+    from vgid_dist.engine.runner import make_generate_fn
+    from vgid_dist.eval.run import make_logprobs_fn
+    from vgid_dist.models import load_adapter
+
+    adapter = load_adapter(model_dir)
+    model = adapter.load_model(torch.float32, "sdpa").eval()
+    cpu = torch.device("cpu")
+    return (adapter, model, Collator(adapter, 10**6), make_generate_fn(model, adapter, cpu, torch.float32, synced=False),
+            make_logprobs_fn(model, adapter, cpu, torch.float32))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_logits_choice_matches_one_question_at_a_time_reference(family, tiny_llava, tiny_qwen, official):
+    from vgid_dist.data import MLLMUBench
+    from vgid_dist.eval.evaluator import (
+        EvalOptions,
+        PromptEncoder,
+        generate_predictions,
+        option_continuations,
+    )
+    from vgid_dist.eval.run import build_items
+
+    adapter, model, collator, generate, logprobs = _direct(tiny_llava if family == "llava" else tiny_qwen)
+    items = [it for it in build_items(MLLMUBench(official), 5, ["forget", "retain"], few_shot=1)
+             if it.task == "classification"][:12]
+    opts = EvalOptions(batch_size=5, max_new_tokens=2, few_shot=1, mc_mode="logits")
+    preds = generate_predictions(items, collator, generate, opts, progress=False, logprobs=logprobs)
+    encoder = PromptEncoder(adapter, opts)
+    for p in preds:
+        sample, prompt = encoder.encode(p.item)
+        shared, own = option_continuations(adapter, prompt, p.item.options)
+        scores = {}
+        for letter, tokens in own.items():  # the full option sequence, scored alone
+            ids = torch.tensor([sample.prompt_ids + shared + tokens])
+            kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **(
+                sample.image.tensors if sample.image is not None else {})}
+            with torch.no_grad():
+                lp = model(**kwargs).logits[0].float().log_softmax(-1)
+            n = len(tokens)
+            scores[letter] = float(sum(lp[-n - 1 + j, t] for j, t in enumerate(tokens)))
+        assert p.choice_logits == max(scores, key=scores.__getitem__), (p.item.uid, scores)
+
+
+def test_batched_replies_equal_one_at_a_time_replies(tiny_llava, official):
+    from vgid_dist.data import MLLMUBench
+    from vgid_dist.eval.evaluator import EvalOptions, generate_predictions
+    from vgid_dist.eval.run import build_items
+
+    _, _, collator, generate, _ = _direct(tiny_llava)
+    items = build_items(MLLMUBench(official), 5, ["forget", "test"])
+    one = generate_predictions(items, collator, generate, EvalOptions(batch_size=1, max_new_tokens=10),
+                               progress=False)
+    many = generate_predictions(items, collator, generate, EvalOptions(batch_size=16, max_new_tokens=10),
+                                progress=False)
+    assert {p.item.uid: p.reply for p in one} == {p.item.uid: p.reply for p in many}
+
+
+def test_two_zero3_ranks_give_the_same_results_as_one(tiny_llava, broken, tmp_path):
+    extra = ("--batch-size", "4", "--max-new-tokens", "8", "--few-shot", "1", "--mc-mode", "logits")
+    one = vgid_eval(tiny_llava, broken, tmp_path / "one.json", *extra)
+    assert one.returncode == 0, one.stdout[-6000:]
+    two = vgid_eval(tiny_llava, broken, tmp_path / "two.json", *extra, ranks=2, timeout=420)
+    assert two.returncode == 0, two.stdout[-6000:]
+    r1, r2 = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert r2["meta"]["world_size"] == 2 and r1["meta"]["world_size"] == 1
+    assert "class_acc_logits" in r1["forget"]
+    for key in ("counts", "skipped"):
+        assert r2[key] == r1[key], key
+    for split in SPLITS:
+        assert r2[split] == pytest.approx(r1[split], abs=1e-12), split
+        for qtype, values in r1["by_type"].get(split, {}).items():
+            assert r2["by_type"][split][qtype] == pytest.approx(values, abs=1e-12), (split, qtype)
+    # the same replies and logits choices, question by question (error texts hold object addresses)
+    p1, p2 = read_predictions(tmp_path / "one.json"), read_predictions(tmp_path / "two.json")
+    assert [{**r, "error": "error" in r} for r in p1] == [{**r, "error": "error" in r} for r in p2]
+
+
+def test_training_evaluates_every_n_steps_on_every_rank(tiny_llava, bench_dir, tmp_path):
+    recipe = tmp_path / "it.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "extends": "tiny", "model": {"path": str(tiny_llava)}, "data": {"root": str(bench_dir)},
+        "optim": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "schedule": "constant"},
+        "eval": {"every_steps": 1, "limit": 1, "max_new_tokens": 3, "splits": ["forget", "retain"]}}))
+    out = tmp_path / "run"
+    result = run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", "29632", "launch/train.py", "--ds_config",
+                           "ds_configs/zero3.json", "--config", str(recipe), f"output_dir={out}"], timeout=420)
+    assert result.returncode == 0, result.stdout[-6000:]
+    for step in (1, 2):
+        results = json.loads((out / f"eval_step{step}.json").read_text())
+        assert results["meta"]["step"] == step and results["meta"]["world_size"] == 2
+        assert set(results["forget"]) >= {"class_acc", "cloze_acc", "gen_rougeL"}
+        assert (out / f"eval_step{step}.predictions.jsonl").is_file()
+    assert (out / "DONE").is_file()

@@ -1,0 +1,155 @@
+"""``vgid report``: the paper's tables and trade-off figures from the runs of an MLflow experiment.
+
+Rows come from FINISHED training runs (tags ``model``, ``forget_ratio``, ``method``; metrics ``forget/...``);
+several seeds of a cell are averaged, and of several runs of one seed the newest counts. The Base and ICU rows
+come from the reference evaluations on the sweep's parent run (``ref/<model>/fr<ratio>/<name>/...``).
+
+Written to the output folder:
+  table3.md                           one Table 3 per model and forget ratio
+  table6.md                           w/o and w/ each attack, forget and test splits (when attack results exist)
+  tradeoff-<model>-fr<ratio>.png      forgetting vs utility (when a Base row exists)
+  results.json                        {model: {forget_ratio: {row: {split: {metric: value}}}}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vgid_dist.eval.report import table3_markdown, tradeoff_figure
+from vgid_dist.tracking import KIND_TAG, SPLITS, RunRecord, Tracker, TrackingError
+
+# Table 3's row order in the paper; other methods follow alphabetically.
+ROW_ORDER = ["base", "icu", "ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid"]
+PLAIN = ""  # the evaluation without attack
+
+
+def parse_eval_key(key: str) -> tuple[str, str, str] | None:
+    """``forget/gen_rougeL`` -> ("", "forget", "gen_rougeL"); ``reverse/forget/gen_rougeL`` -> ("reverse",
+    "forget", "gen_rougeL"); per-question-type keys (``forget/Pure_Text/...``) and others -> None."""
+    parts = key.split("/")
+    if len(parts) == 2 and parts[0] in SPLITS:
+        return PLAIN, parts[0], parts[1]
+    if len(parts) == 3 and parts[0] not in SPLITS and parts[0] != "train" and parts[1] in SPLITS:
+        return parts[0], parts[1], parts[2]
+    return None
+
+
+def _nest(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
+    """{attack: {split: {metric: value}}} of one run's evaluation metrics."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for key, value in metrics.items():
+        parsed = parse_eval_key(key)
+        if parsed is not None:
+            attack, split, metric = parsed
+            out[attack][split][metric] = value
+    return {a: dict(s) for a, s in out.items()}
+
+
+def _mean(results: list[dict]) -> dict:
+    """Element-wise mean of {split: {metric: value}} dicts (seeds of one cell)."""
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for res in results:
+        for split, metrics in res.items():
+            for metric, value in metrics.items():
+                acc[split][metric].append(value)
+    return {s: {m: sum(v) / len(v) for m, v in ms.items()} for s, ms in acc.items()}
+
+
+def collect(runs: list[RunRecord]) -> dict[tuple[str, int], dict[str, dict[str, dict]]]:
+    """{(model, forget_ratio): {attack: {row: {split: {metric: value}}}}}."""
+    newest: dict[tuple, RunRecord] = {}
+    for run in runs:
+        t = run.tags
+        if run.status != "FINISHED" or t.get(KIND_TAG, "train") != "train" or not {"model", "forget_ratio",
+                                                                                     "method"} <= t.keys():
+            continue
+        key = (t["model"], int(t["forget_ratio"]), t["method"], t.get("seed", ""))
+        if key not in newest or run.start_time > newest[key].start_time:
+            newest[key] = run
+    per_cell: dict = defaultdict(lambda: defaultdict(list))
+    for (model, ratio, method, _), run in newest.items():
+        for attack, res in _nest(run.metrics).items():
+            per_cell[(model, ratio, attack)][method].append(res)
+    table: dict = defaultdict(lambda: defaultdict(dict))
+    for (model, ratio, attack), methods in per_cell.items():
+        for method, results in methods.items():
+            table[(model, ratio)][attack][method] = _mean(results)
+
+    # Reference rows from sweep parents, newest parent first so it wins.
+    parents = sorted((r for r in runs if r.tags.get(KIND_TAG) == "sweep"), key=lambda r: r.start_time)
+    for run in parents:
+        for key, value in run.metrics.items():
+            parts = key.split("/")
+            if parts[0] != "ref" or len(parts) not in (6, 7) or not parts[2].startswith("fr"):
+                continue
+            model, ratio, name = parts[1], int(parts[2][2:]), parts[3]
+            if len(parts) == 6:
+                attack, split, metric = PLAIN, parts[4], parts[5]
+            elif parts[4] in SPLITS:
+                continue  # a per-question-type value
+            else:
+                attack, split, metric = parts[4], parts[5], parts[6]
+            if split in SPLITS:
+                table[(model, ratio)][attack].setdefault(name, {}).setdefault(split, {})[metric] = value
+    return {k: {a: dict(rows) for a, rows in v.items()} for k, v in table.items()}
+
+
+def _forget_test(results: dict) -> dict:
+    """Table 6 reports the forget and test splits only."""
+    return {s: v for s, v in results.items() if s in ("forget", "test")}
+
+
+def ordered(rows: dict[str, Any]) -> dict[str, Any]:
+    known = [r for r in ROW_ORDER if r in rows]
+    return {r: rows[r] for r in known + sorted(set(rows) - set(known))}
+
+
+def build_report(tracker: Tracker, experiment: str, out_dir: Path) -> list[Path]:
+    """Write the tables and figures of ``experiment``; returns the files written."""
+    exp_id = tracker.experiment_id(experiment, create=False)
+    if exp_id is None:
+        names = sorted(e.name for e in tracker.client.search_experiments())
+        raise TrackingError(f"{tracker.uri}: no experiment {experiment!r} (experiments: {', '.join(names) or 'none'})")
+    data = collect(tracker.runs(exp_id))
+    if not data:
+        raise TrackingError(f"{tracker.uri}: experiment {experiment!r} has no finished run with evaluation "
+                            "metrics (forget/..., from eval.at_end) yet")
+    return write_report_files(data, experiment, out_dir)
+
+
+def write_report_files(data: dict[tuple[str, int], dict[str, dict[str, dict]]], experiment: str,
+                       out_dir: Path) -> list[Path]:
+    """The files of ``build_report`` from collected results; returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    t3, t6 = [f"# {experiment}: Table 3", ""], [f"# {experiment}: Table 6 (attacks)", ""]
+    for model, ratio in sorted(data):
+        by_attack = data[(model, ratio)]
+        plain = ordered(by_attack.get(PLAIN, {}))
+        if plain:
+            t3 += [table3_markdown(plain, title=f"{model}, forget {ratio}%"), ""]
+            if "base" in plain and "forget" in plain["base"] and "gen_rougeL" in plain["base"]["forget"]:
+                written.append(tradeoff_figure(plain, out_dir / f"tradeoff-{model}-fr{ratio}.png"))
+        for attack in sorted(a for a in by_attack if a != PLAIN):
+            attacked = ordered(by_attack[attack])
+            without = {r: _forget_test(plain[r]) for r in attacked if r in plain}
+            t6 += [f"**{model}, forget {ratio}%**", ""]
+            if without:
+                t6 += [table3_markdown(without, title=f"w/o {attack} attack"), ""]
+            t6 += [table3_markdown({r: _forget_test(v) for r, v in attacked.items()}, title=f"w/ {attack} attack"),
+                   ""]
+    (out_dir / "table3.md").write_text("\n".join(t3))
+    written.insert(0, out_dir / "table3.md")
+    if len(t6) > 2:
+        (out_dir / "table6.md").write_text("\n".join(t6))
+        written.insert(1, out_dir / "table6.md")
+    serial = {m: {} for m, _ in data}
+    for (model, ratio), by_attack in data.items():
+        serial[model][str(ratio)] = {a or "plain": ordered(rows) for a, rows in by_attack.items()}
+    (out_dir / "results.json").write_text(json.dumps(serial, indent=2, sort_keys=True))
+    written.append(out_dir / "results.json")
+    return written

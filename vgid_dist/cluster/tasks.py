@@ -1,0 +1,148 @@
+"""What runs inside a sweep job, in every task (one task per GPU): the distributed environment from Slurm's
+variables, then the same training entry as ``launch/train.py``.
+
+Both callables are picklable plain data and implement submitit's ``checkpoint``: on preemption or on the
+signal before the time limit, submitit calls it on rank 0 and requeues the job with what it returns, itself.
+The output_dir and the MLflow run id kept there are unchanged, so the requeued job continues the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def export_distributed_env() -> tuple[int, int]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from the job; DeepSpeed then picks the GPU from
+    LOCAL_RANK (CUDA_VISIBLE_DEVICES is left alone: every task sees the node's GPUs)."""
+    import submitit.helpers
+
+    # overwrite: a sweep submitted from inside a job (an interactive allocation, a torchrun shell) passes that
+    # job's RANK/MASTER_* on through sbatch's exported environment; this task's own values must win.
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return env.rank, env.world_size
+
+
+@dataclass
+class CellTask:
+    """Train one cell, then evaluate it under each attack (``eval-<attack>.json``, logged to its run)."""
+
+    name: str
+    recipe: str
+    overrides: list[str]
+    output_dir: str
+    env: dict[str, str] = field(default_factory=dict)
+    attacks: list[str] = field(default_factory=list)
+    force: bool = False
+
+    def __call__(self) -> dict:
+        # Before anything heavy is imported: OMP_NUM_THREADS and the like only count if set first.
+        os.environ.update(self.env)
+        rank, world = export_distributed_env()
+        from vgid_dist.cli import train_entry
+
+        out = Path(self.output_dir)
+        if (out / "DONE").exists() and not self.force:
+            # A requeue after training had finished (preempted during the final uploads): nothing to redo.
+            print(f"[sweep] {self.name}: {out} is complete", flush=True)
+        else:
+            code = train_entry(self.recipe, list(self.overrides), force=self.force)
+            if code != 0:
+                raise RuntimeError(f"cell {self.name}: training exited with code {code} (the error is above in "
+                                   "this log)")
+        for attack in self.attacks:
+            self._evaluate_attack(attack, rank)
+        return {"cell": self.name, "rank": rank, "world_size": world, "output_dir": str(out)}
+
+    def _evaluate_attack(self, attack: str, rank: int) -> None:
+        from vgid_dist.assets import resolve_assets
+        from vgid_dist.config import load_run_config
+        from vgid_dist.eval.evaluator import EvalOptions
+        from vgid_dist.eval.run import evaluate_model
+
+        cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
+        out = cfg.resolved_output_dir()
+        target = out / f"eval-{attack}.json"
+        if not target.is_file():
+            opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                               attack=attack, seed=cfg.optim.seed)
+            evaluate_model(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, target, opts=opts,
+                           splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
+                           limit=cfg.eval.limit)
+        if rank == 0:
+            from vgid_dist import tracking
+
+            run_id = tracking.read_run_id(out)
+            if tracking.enabled() and run_id:
+                tracker = tracking.Tracker()
+                tracker.log_eval(run_id, json.loads(target.read_text()), attack=attack)
+                tracker.log_files(run_id, [target, target.with_name(f"eval-{attack}.predictions.jsonl")], "eval")
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit.helpers
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+@dataclass
+class ReferenceTask:
+    """Evaluate the untouched model of one (model, forget ratio): Table 3's Base row (and ICU, and each under
+    the attacks), written to ``<folder>/<name>[-<attack>].json`` and logged on the sweep's parent run."""
+
+    name: str
+    model: str
+    forget_ratio: int
+    recipe: str
+    overrides: list[str]
+    folder: str
+    evaluations: list[tuple[str, str | None]]
+    icu_style: str
+    parent_run_id: str | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self) -> dict:
+        os.environ.update(self.env)
+        rank, world = export_distributed_env()
+        from vgid_dist.assets import resolve_assets
+        from vgid_dist.config import load_run_config
+        from vgid_dist.eval.evaluator import EvalOptions
+        from vgid_dist.eval.run import evaluate_model
+
+        cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
+        folder = Path(self.folder)
+        done = []
+        for name, attack in self.evaluations:
+            target = folder / (f"{name}-{attack}.json" if attack else f"{name}.json")
+            if not target.is_file():
+                opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                                   icu=self.icu_style if name == "icu" else None, attack=attack, seed=cfg.optim.seed)
+                evaluate_model(cfg.model.path, cfg.data.root, self.forget_ratio, target, opts=opts,
+                               splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
+                               limit=cfg.eval.limit)
+            done.append(str(target))
+            if rank == 0:
+                log_reference(self.parent_run_id, self.model, self.forget_ratio, name, attack, target)
+        return {"job": self.name, "rank": rank, "world_size": world, "results": done}
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit.helpers
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def log_reference(parent_run_id: str | None, model: str, forget_ratio: int, name: str, attack: str | None,
+                  results_file: Path) -> None:
+    """A reference evaluation's metrics (``ref/<model>/fr<ratio>/<name>/[<attack>/]<split>/<metric>``) and
+    files on the sweep's parent run."""
+    from vgid_dist import tracking
+
+    if not parent_run_id or not tracking.enabled():
+        return
+    tracker = tracking.Tracker()
+    prefix = tracking.reference_prefix(model, forget_ratio, name)
+    tracker.log_eval(parent_run_id, json.loads(Path(results_file).read_text()), attack=attack, prefix=prefix)
+    stem = Path(results_file).name.removesuffix(".json")
+    tracker.log_files(parent_run_id, [results_file, Path(results_file).with_name(f"{stem}.predictions.jsonl")],
+                      f"reference/{model}/fr{forget_ratio}")

@@ -1,0 +1,80 @@
+"""What stops a run cleanly instead of losing work or idling an allocation: stop signals, non-finite losses,
+collectives that time out."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class RunInterrupted(RuntimeError):
+    """A stop signal arrived; the run checkpointed at ``step`` and exits so that it can be resumed."""
+
+    def __init__(self, step: int, signame: str, checkpoint):
+        super().__init__(f"stopped by {signame} after step {step}; checkpoint {checkpoint}; run the same command "
+                         "again to resume")
+        self.step = step
+        self.signame = signame
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimiser steps had a non-finite loss."""
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out; the message names the rank and the operation."""
+
+
+class StopSignals:
+    """Records SIGTERM / SIGUSR1 (Slurm sends one before the time limit and on preemption) instead of dying.
+
+    The training loop asks ``requested`` after every step and, collectively, checkpoints and exits. Installed only
+    from the main thread; the previous handlers are restored on ``close``.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+class NonFiniteGuard:
+    """Counts skipped steps; raises after ``limit`` consecutive ones."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.consecutive = 0
+        self.total = 0
+
+    def record(self, finite: bool) -> None:
+        if finite:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        self.total += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.consecutive >= self.limit
+
+
+def is_collective_failure(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(key in text for key in ("timed out", "timeout", "connection closed", "connection reset",
+                                       "distbackenderror", "gloo", "nccl"))

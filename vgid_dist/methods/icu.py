@@ -1,0 +1,33 @@
+"""In-context unlearning (ICU; Pawelczyk et al., 2023; VGID paper Table 6): no training. The base model is
+evaluated with the unlearning instruction placed before every question (the evaluator's ``--icu STYLE``); the
+method exists so that ICU is a row like any other (``vgid demo``, the matrix), with its instruction style as
+its parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from vgid_dist.methods.base import Method, MethodParams
+
+NOT_TRAINED = ("method icu does not train: evaluate the base model with the instruction before each question "
+               "(`vgid eval --icu STYLE`, or `vgid demo --methods icu`)")
+
+
+class IcuParams(MethodParams):
+    instruction_style: Literal["declarative", "polite", "strict"] = "strict"
+    """The instruction put before each question at evaluation (VGID's default teacher instruction)."""
+
+
+class Icu(Method):
+    name = "icu"
+    Params = IcuParams
+    needs_frozen = False
+    uses_retain = False
+    trains = False
+
+    def build_batch(self, primary, retain, epoch):
+        raise TypeError(NOT_TRAINED)
+
+    def compute_loss(self, batch, student, frozen, counts):
+        raise TypeError(NOT_TRAINED)

@@ -1,0 +1,45 @@
+"""KL minimisation (KL_Min; Nguyen et al., 2020; VGID paper eq. 8): gradient ascent on the forget answers while
+the student's next-token distributions on retain answers stay close to the frozen base model's.
+
+    L = - NLL(y_f | x_f) + beta * KL(p_ref || p_theta) [retain answer tokens]
+
+each term a sum over its answer tokens divided by the global count of those tokens. A diff from ``ga``: the
+retain rows join the student forward, and the frozen model runs on the same rows.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from vgid_dist.losses import kl_sum, token_mean
+from vgid_dist.methods.base import LossOutput, MethodParams, StepBatch
+from vgid_dist.methods.ga import GradientAscent
+
+
+class KlMinParams(MethodParams):
+    beta: float = Field(1.0, ge=0)
+    """Weight of the retain KL (eq. 8); 1 as in TOFU's and MLLMU-Bench's KL baselines."""
+
+
+class KlMin(GradientAscent):
+    name = "kl_min"
+    Params = KlMinParams
+    needs_frozen = True
+    uses_retain = True
+
+    def build_batch(self, primary, retain, epoch) -> StepBatch:
+        retain_enc = self.encode_plain(retain)
+        batch = self.forget_retain_batch(self.encode_plain(primary), retain_enc)
+        # The frozen model needs the retain rows only.
+        batch.inputs["retain"] = self.collator.pad(retain_enc)
+        return batch
+
+    def compute_loss(self, batch, student, frozen, counts) -> LossOutput:
+        inputs = batch.inputs["student"]
+        n_forget = batch.counts["forget_tokens"]
+        logits = student.target_logits(inputs)
+        ref_logits = frozen.target_logits(batch.inputs["retain"])
+        forget_nll = self.forget_nll(batch, logits, counts)
+        retain_kl = token_mean(kl_sum(ref_logits, logits[n_forget:]), counts["retain_tokens"])
+        loss = -forget_nll + self.params.beta * retain_kl
+        return LossOutput(loss, {"forget_nll": forget_nll.detach(), "retain_kl": retain_kl.detach()})
