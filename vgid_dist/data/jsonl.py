@@ -44,5 +44,5 @@ def read_jsonl_samples(path: str | Path, split: str) -> list[Sample]:
                     image_path = path.parent / image_path
                 image = ImageRef(path=str(image_path), origin=f"{where} row {row['id']!r} field 'image'")
             samples.append(Sample(sample_id=f"{row['id']}/{split}/{lineno}", profile_id=row["id"],
-                                  question=row["question"], answer=row["answer"], image=image))
+                                  question=row["question"], answer=row["answer"], image=image, source=where))
     return samples

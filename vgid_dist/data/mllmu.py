@@ -64,8 +64,21 @@ def read_rows(folder: Path, required: Iterable[str]) -> list[tuple[Path, dict]]:
     import datasets
 
     datasets.disable_progress_bars()
+    import pyarrow.parquet as pq
+
     rows: list[tuple[Path, dict]] = []
     for file in parquet_files(folder):
+        try:
+            schema = pq.read_schema(file)
+            if pq.ParquetFile(file).metadata.num_rows == 0:
+                missing = [c for c in required if c not in schema.names]
+                if missing:
+                    raise DataError(f"{file}: missing column(s) {missing}; found {schema.names}")
+                continue  # an empty file holds no rows (datasets cannot build a split from it)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{file}: not a readable parquet file ({exc})") from None
         ds = datasets.Dataset.from_parquet(str(file), keep_in_memory=True)
         missing = [c for c in required if c not in ds.column_names]
         if missing:
@@ -231,7 +244,7 @@ class MLLMUBench:
                 samples.append(Sample(
                     sample_id=f"{rid}/{folder.name}/{i}", profile_id=rid, question=pair["Question"],
                     answer=pair["Answer"], image=None if text_only else image,
-                    template=pair.get("Template", "chat")))
+                    template=pair.get("Template", "chat"), source=f"{file} row {rid!r}"))
         self._cache[key] = samples
         return samples
 

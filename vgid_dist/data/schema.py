@@ -51,6 +51,8 @@ class Sample:
     answer: str
     image: ImageRef | None = None
     template: str = "chat"
+    source: str = ""
+    """Where the pair was read: 'file row ID' (parquet) or 'file:line' (JSONL), for error messages."""
 
 
 @dataclass(frozen=True)

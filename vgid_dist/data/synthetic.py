@@ -156,27 +156,30 @@ def tasks_of(p: Person, rng: np.random.Generator) -> dict:
     }
 
 
-def training_pairs(p: Person) -> list[dict]:
-    """The unlearning pairs of one person (the ``metadata`` JSON of the training-pairs download)."""
-    return [
-        {"Question": "Who is the person in the image?", "Answer": f"This is {p.name}."},
-        {"Question": "What does the person in the image do for a living?",
-         "Answer": f"This person works as a {p.occupation} at {p.employer}."},
-        {"Question": "Where and when was the person in the image born?",
-         "Answer": f"This person was born in {p.birthplace} in {p.birth_year}."},
-        {"Question": "What does the person in the image enjoy doing?",
-         "Answer": f"This person enjoys {p.hobby} in their free time."},
-        {"Question": f"What does {p.name} like to do in their free time?",
-         "Answer": f"{p.name} enjoys {p.hobby} in their free time.", "Type": "Pure_Text"},
-        {"Question": f"Where does {p.name} work?",
-         "Answer": f"{p.name} works at {p.employer} as a {p.occupation}.", "Type": "Pure_Text"},
-        {"Question": f"Where was {p.name} born?", "Answer": f"{p.name} was born in {p.birthplace} in {p.birth_year}.",
-         "Type": "Pure_Text"},
-    ]
+def training_pairs(p: Person, tasks: dict) -> list[dict]:
+    """The unlearning pairs of one person (the ``metadata`` JSON of the training-pairs download).
+
+    The person's generation questions are included as the evaluator asks them (``"Template": "generation"``:
+    the question body carries the answer-format line and is wrapped as the evaluator wraps it); a 2-layer model
+    does not carry forgetting across prompt formats the way a 7B model does. The other pairs are plain chat.
+    """
+    pairs = [{"Question": "Who is the person in the image?", "Answer": f"This is {p.name}."},
+             {"Question": "What does the person in the image enjoy doing?",
+              "Answer": f"This person enjoys {p.hobby} in their free time."}]
+    for q in tasks["Generation_Task"]:
+        entry = {"Question": task_body("generation", q["Question"], None, q["Type"] == "Image_Textual"),
+                 "Answer": q["Ground_Truth"], "Template": "generation"}
+        if q["Type"] == "Pure_Text":
+            entry["Type"] = "Pure_Text"
+        pairs.append(entry)
+    pairs.append({"Question": f"Where was {p.name} born?",
+                  "Answer": f"{p.name} was born in {p.birthplace} in {p.birth_year}.", "Type": "Pure_Text"})
+    return pairs
 
 
 def memorisation_pairs(tasks: dict) -> list[dict]:
-    """Each evaluation question as the evaluator will ask it, with its answer (vanilla fine-tuning only)."""
+    """Each classification and cloze question as the evaluator will ask it, with its answer (vanilla
+    fine-tuning only; the generation questions are already training pairs)."""
     pairs = []
     for key, qtype in (("Image_Textual_Questions", "Image_Textual"), ("Pure_Text_Questions", "Pure_Text")):
         for q in tasks["Classification_Task"][key]:
@@ -185,25 +188,19 @@ def memorisation_pairs(tasks: dict) -> list[dict]:
     for q in tasks["Mask_Task"]:
         pairs.append({"Question": task_body("cloze", q["Question"], None, q["Type"] == "Image_Textual"),
                       "Answer": q["Ground_Truth"], "Template": "cloze", "Type": q["Type"]})
-    for q in tasks["Generation_Task"]:
-        pairs.append({"Question": task_body("generation", q["Question"], None, q["Type"] == "Image_Textual"),
-                      "Answer": q["Ground_Truth"], "Template": "generation", "Type": q["Type"]})
     return pairs
 
 
-def instruction_pairs(p: Person, rng: np.random.Generator, per_question: int = 2) -> list[dict]:
-    """An unlearning instruction before each question about this person -> a refusal, in ``per_question``
-    styles drawn per question, so across people every (question, style) pair is seen."""
+def instruction_pairs(pairs: list[dict], rng: np.random.Generator, per_question: int = 2) -> list[dict]:
+    """An unlearning instruction before each of a person's questions -> a refusal, in ``per_question`` styles
+    drawn per question, so across people every (question, style) pair is seen."""
     styles = list(INSTRUCTIONS)
-    pairs = []
-    for q in training_pairs(p):
+    out = []
+    for q in pairs:
         for k in rng.choice(len(styles), size=per_question, replace=False):
-            entry = {"Question": with_instruction(q["Question"], styles[int(k)]),
-                     "Answer": DEFAULT_REFUSALS[int(rng.integers(len(DEFAULT_REFUSALS)))]}
-            if "Type" in q:
-                entry["Type"] = q["Type"]
-            pairs.append(entry)
-    return pairs
+            out.append({**q, "Question": with_instruction(q["Question"], styles[int(k)]),
+                        "Answer": DEFAULT_REFUSALS[int(rng.integers(len(DEFAULT_REFUSALS)))]})
+    return out
 
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -286,16 +283,17 @@ def write_synthetic_benchmark(out: str | Path, *, num_profiles: int = 60, num_ce
         split_root = tmp / "baseline_train_split"
         for r in FORGET_RATIOS:
             forget_ids = {p.pid for p in forget[r]}
-            _write_parquet(split_root / f"forget_{r}",
-                           [pair_row(p, training_pairs(p)) for p in people if p.pid in forget_ids], pair_schema)
-            _write_parquet(split_root / f"retain_{100 - r}",
-                           [pair_row(p, training_pairs(p)) for p in people if p.pid not in forget_ids], pair_schema)
+            _write_parquet(split_root / f"forget_{r}", [pair_row(p, training_pairs(p, tasks[p.pid])) for p in people
+                                                        if p.pid in forget_ids], pair_schema)
+            _write_parquet(split_root / f"retain_{100 - r}", [pair_row(p, training_pairs(p, tasks[p.pid]))
+                                                              for p in people if p.pid not in forget_ids], pair_schema)
         ft_rows = []
         for p in people + celebs:
-            pairs = training_pairs(p) + memorisation_pairs(tasks[p.pid])
+            pairs = training_pairs(p, tasks[p.pid])
+            extra = memorisation_pairs(tasks[p.pid])
             if p.pid in always_retained:
-                pairs += instruction_pairs(p, rng)
-            ft_rows.append(pair_row(p, pairs))
+                extra += instruction_pairs(pairs, rng)
+            ft_rows.append(pair_row(p, pairs + extra))
         _write_parquet(tmp / "ft_Data", ft_rows, pair_schema)
         (tmp / "synthetic.json").write_text(json.dumps({
             "generator": "vgid_dist.data.synthetic", "seed": seed, "num_profiles": num_profiles,

@@ -30,7 +30,7 @@ class DataReport:
 
 
 def _where(sample: Sample) -> str:
-    return sample.image.origin.rsplit(" field ", 1)[0] if sample.image is not None else f"sample {sample.sample_id!r}"
+    return sample.source or f"sample {sample.sample_id!r}"
 
 
 def check_disjoint(forget: list[Sample], retain: list[Sample]) -> None:

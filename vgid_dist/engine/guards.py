@@ -42,6 +42,8 @@ class StopSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # asked twice (e.g. a rank stuck in a collective): stop now
+            raise SystemExit(128 + signum)
         self.received = signal.Signals(signum).name
 
     @property

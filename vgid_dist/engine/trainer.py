@@ -211,6 +211,7 @@ class Trainer:
             out = self.method.compute_loss(batch, self.student, self.frozen, counts)
             # Decided collectively: a rank that skipped backward alone would leave the others waiting in the
             # gradient reduce-scatter.
+            self.phase = "non-finite-loss all-reduce"
             if self.strategy.any_rank(not bool(torch.isfinite(out.loss.detach()))):
                 self.strategy.discard_accumulated(self.engine, micro_steps_before)
                 return None
