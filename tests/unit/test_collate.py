@@ -58,3 +58,15 @@ def test_left_padding_for_generation(adapter):
     inputs = collator.pad(rows, side="left")
     assert inputs.attention_mask[:, -1].all() and not inputs.attention_mask[0, 0]
     assert inputs.num_targets == 0
+
+
+def test_shared_suffix_scores_every_common_position():
+    from vgid_dist.data.collate import EncodedSample, shared_suffix
+
+    student = EncodedSample([1, 5, 6, 7, 8], [9, 2])
+    teacher = EncodedSample([1, 4, 4, 5, 6, 7, 8], [9, 2])
+    s, t = shared_suffix(student, teacher)
+    assert s.answer_ids == t.answer_ids == [5, 6, 7, 8, 9, 2]
+    assert s.prompt_ids == [1] and t.prompt_ids == [1, 4, 4]
+    same, _ = shared_suffix(student, student)
+    assert same.prompt_ids == [1] and len(same.answer_ids) == 6

@@ -59,6 +59,17 @@ class ModelInputs:
                        pixel_inputs={k: move(v) for k, v in self.pixel_inputs.items()})
 
 
+def shared_suffix(student: EncodedSample, teacher: EncodedSample) -> tuple[EncodedSample, EncodedSample]:
+    """Both rows re-split so that every position of their longest common token suffix is scored (the
+    "all positions" KL of the authors' released code). Identical inputs share everything but the first token."""
+    s_ids, t_ids = student.prompt_ids + student.answer_ids, teacher.prompt_ids + teacher.answer_ids
+    k = 0
+    while k < min(len(s_ids), len(t_ids)) - 1 and s_ids[-1 - k] == t_ids[-1 - k]:
+        k += 1
+    return (replace(student, prompt_ids=s_ids[:len(s_ids) - k], answer_ids=s_ids[len(s_ids) - k:]),
+            replace(teacher, prompt_ids=t_ids[:len(t_ids) - k], answer_ids=t_ids[len(t_ids) - k:]))
+
+
 class Collator:
     """Encodes samples for one adapter and pads them into ModelInputs."""
 

@@ -191,7 +191,7 @@ def memorisation_pairs(tasks: dict) -> list[dict]:
     return pairs
 
 
-def instruction_pairs(pairs: list[dict], rng: np.random.Generator, per_question: int = 2) -> list[dict]:
+def instruction_pairs(pairs: list[dict], rng: np.random.Generator, per_question: int = 1) -> list[dict]:
     """An unlearning instruction before each of a person's questions -> a refusal, in ``per_question`` styles
     drawn per question, so across people every (question, style) pair is seen."""
     styles = list(INSTRUCTIONS)

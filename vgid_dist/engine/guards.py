@@ -26,16 +26,19 @@ class CollectiveError(RuntimeError):
 
 
 class StopSignals:
-    """Records SIGTERM / SIGUSR1 (Slurm sends one before the time limit and on preemption) instead of dying.
+    """Records SIGTERM / SIGUSR1 / SIGUSR2 (Slurm sends one before the time limit and on preemption; submitit's
+    is USR2) instead of dying mid-step.
 
-    The training loop asks ``requested`` after every step and, collectively, checkpoints and exits. Installed only
-    from the main thread; the previous handlers are restored on ``close``.
+    The training loop asks ``requested`` after every step and, collectively, checkpoints and exits; then
+    ``chain`` hands the signal to the handler that was there before (submitit's requeue), now that the
+    checkpoint is on disk. Installed only from the main thread; previous handlers are restored on ``close``.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.received: str | None = None
+        self._signum: int | None = None
         self._previous: dict = {}
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
@@ -45,10 +48,18 @@ class StopSignals:
         if self.received is not None:  # asked twice (e.g. a rank stuck in a collective): stop now
             raise SystemExit(128 + signum)
         self.received = signal.Signals(signum).name
+        self._signum = signum
 
     @property
     def requested(self) -> bool:
         return self.received is not None
+
+    def chain(self) -> None:
+        """Run the previous handler of the signal received (if it was a Python handler), after our checkpoint."""
+        previous = self._previous.get(self._signum)
+        self.close()
+        if callable(previous):
+            previous(self._signum, None)
 
     def close(self) -> None:
         for sig, handler in self._previous.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import torch
@@ -18,12 +19,15 @@ class EngineRunner:
     order that differs between ranks breaks DeepSpeed's prefetch trace.
     """
 
-    def __init__(self, engine, adapter, device: torch.device, dtype: torch.dtype, *, frozen: bool):
+    def __init__(self, engine, adapter, device: torch.device, dtype: torch.dtype, *, frozen: bool,
+                 gather=None):
         self.engine = engine
         self.adapter = adapter
         self.device = device
         self.dtype = dtype
         self.frozen = frozen
+        self.gather = gather or (lambda params: contextlib.nullcontext())
+        """Context manager factory making partitioned parameters whole (the strategy's ``gathered``)."""
         self._image_row = None
 
     @property
@@ -88,6 +92,34 @@ class EngineRunner:
         out = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[layer + 1][:inputs.input_ids.shape[0], :inputs.input_ids.shape[1]]
 
+
+    def fused_kl_sum(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, teacher: EngineRunner,
+                     temperature: float = 1.0) -> torch.Tensor:
+        """Sum over rows of KL(teacher || student) through both output heads, never building [T, V] logits.
+
+        student_hidden [T, H] (from ``target_hidden``, with grad), teacher_hidden [T, H] (the teacher's rows,
+        aligned). The loss runs as a call of the student's ``lm_head`` module: under ZeRO-3 its hooks gather
+        the partitioned weight for the forward and gather it again before backward, so the gradient reaches
+        the partitioned parameter. The frozen head needs no backward and is gathered for the call only; when
+        it is the student's own head (LoRA: adapters off), one GEMM serves both.
+        """
+        from vgid_dist.losses.fused_kl import fused_linear_kl
+
+        head = self.module.lm_head
+        teacher_head = teacher.module.lm_head
+        shared = teacher_head is head
+
+        def loss_through_head(hidden: torch.Tensor) -> torch.Tensor:
+            teacher_weight = head.weight if shared else teacher_head.weight
+            return fused_linear_kl(hidden, head.weight, teacher_hidden, teacher_weight, temperature=temperature,
+                                   reduction="sum")
+
+        head.forward = loss_through_head  # an instance attribute: module hooks still run around it
+        try:
+            with contextlib.nullcontext() if shared else teacher.gather([teacher_head.weight]):
+                return head(student_hidden)
+        finally:
+            del head.forward
 
 class AdapterDisabledRunner(EngineRunner):
     """LoRA mode's frozen base model: the student's own engine, run under no_grad with its adapters disabled

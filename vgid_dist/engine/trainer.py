@@ -158,7 +158,8 @@ class Trainer:
             student_model = apply_lora(student_model, layers, cfg.model.lora)
         self.method.configure_trainable(student_model, layers)
         self.engine = self.strategy.build_student(student_model, self.total_steps)
-        self.student = EngineRunner(self.engine, self.adapter, self.strategy.device, self.strategy.dtype, frozen=False)
+        self.student = EngineRunner(self.engine, self.adapter, self.strategy.device, self.strategy.dtype, frozen=False,
+                                    gather=self.strategy.gathered)
         self.frozen = None
         if self.method.needs_frozen and cfg.model.lora is not None:
             # LoRA mode: the base model is the student's own engine with its adapters off; no second copy.
@@ -166,7 +167,7 @@ class Trainer:
         elif self.method.needs_frozen:
             frozen_engine = self.strategy.build_frozen(self.adapter.load_model(self.strategy.dtype, attention))
             self.frozen = EngineRunner(frozen_engine, self.adapter, self.strategy.device, self.strategy.dtype,
-                                       frozen=True)
+                                       frozen=True, gather=self.strategy.gathered)
         self.engine.train()
         self.checkpoints = CheckpointManager(self.out, self.strategy)
         self.start_step = 0
@@ -311,7 +312,9 @@ class Trainer:
                 self._notify("on_eval", results)
             # One small all-reduce per step: a signal seen by any rank stops every rank at the same step.
             if self.strategy.any_rank(signals.requested):
-                raise RunInterrupted(done, signals.received or "a signal on another rank", self.checkpoint(done))
+                path = self.checkpoint(done)
+                signals.chain()  # e.g. submitit's handler: requeue the job now that the checkpoint exists
+                raise RunInterrupted(done, signals.received or "a signal on another rank", path)
             if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
                 self.checkpoint(done)
         self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,

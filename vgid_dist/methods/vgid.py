@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from vgid_dist.data.collate import shared_suffix
 from vgid_dist.data.schema import Sample
 from vgid_dist.losses import kl_sum, token_mean
 from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
@@ -30,6 +31,11 @@ class VgidParams(MethodParams):
     """Standard deviation of the gaussian perturbation, as a fraction of the 0-255 pixel range."""
     instruction_style: Literal["declarative", "polite", "strict"] = "strict"
     temperature: float = Field(1.0, gt=0)
+    fused_kl: bool = True
+    """KL through the output heads in row chunks (never a [tokens x vocab] tensor); false: from logits."""
+    kl_positions: Literal["answer", "all"] = "answer"
+    """answer: the answer tokens; all: every position of the shared suffix of teacher and student inputs (as
+    the authors' released code does; for retain rows, whose inputs are identical, every position)."""
 
 
 class Vgid(Method):
@@ -51,6 +57,10 @@ class Vgid(Method):
         forget_student = self.encode_plain(primary)
         forget_teacher = [self.teacher_encoding(s, e, epoch) for s, e in zip(primary, forget_student)]
         retain_enc = self.encode_plain(retain)
+        if self.params.kl_positions == "all":
+            forget_student, forget_teacher = zip(*(shared_suffix(s, t) for s, t in zip(forget_student, forget_teacher)))
+            forget_student, forget_teacher = list(forget_student), list(forget_teacher)
+            retain_enc = [shared_suffix(r, r)[0] for r in retain_enc]
         # One student forward and one frozen forward per micro-batch: forget rows first, then retain rows,
         # so the first forget_tokens gathered rows are forget answer tokens in both.
         return StepBatch(
@@ -62,11 +72,17 @@ class Vgid(Method):
     def compute_loss(self, batch, student, frozen, counts) -> LossOutput:
         p = self.params
         n_forget = batch.counts["forget_tokens"]
-        student_logits = student.target_logits(batch.inputs["student"])
-        teacher_logits = frozen.target_logits(batch.inputs["teacher"])
-        forget_kl = token_mean(kl_sum(teacher_logits[:n_forget], student_logits[:n_forget], p.temperature),
-                               counts["forget_tokens"])
-        retain_kl = token_mean(kl_sum(teacher_logits[n_forget:], student_logits[n_forget:], p.temperature),
-                               counts["retain_tokens"])
+        if p.fused_kl:
+            h_student = student.target_hidden(batch.inputs["student"])
+            h_teacher = frozen.target_hidden(batch.inputs["teacher"])
+            forget_sum = student.fused_kl_sum(h_student[:n_forget], h_teacher[:n_forget], frozen, p.temperature)
+            retain_sum = student.fused_kl_sum(h_student[n_forget:], h_teacher[n_forget:], frozen, p.temperature)
+        else:
+            student_logits = student.target_logits(batch.inputs["student"])
+            teacher_logits = frozen.target_logits(batch.inputs["teacher"])
+            forget_sum = kl_sum(teacher_logits[:n_forget], student_logits[:n_forget], p.temperature)
+            retain_sum = kl_sum(teacher_logits[n_forget:], student_logits[n_forget:], p.temperature)
+        forget_kl = token_mean(forget_sum, counts["forget_tokens"])
+        retain_kl = token_mean(retain_sum, counts["retain_tokens"])
         loss = p.alpha * forget_kl + p.beta * retain_kl
         return LossOutput(loss, {"forget_kl": forget_kl.detach(), "retain_kl": retain_kl.detach()})

@@ -17,7 +17,10 @@ def save_hf_folder(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] |
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        # Keys as the model class names its parameters today. Reverting to the loaded checkpoint's older naming
+        # (the default) goes wrong for a model loaded under ZeRO-3 (prefixes applied twice); transformers loads
+        # both namings.
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, save_original_format=False)
         adapter.tokenizer.save_pretrained(tmp)
         adapter.image_processor.save_pretrained(tmp)
         make_readable(tmp)
