@@ -11,10 +11,26 @@ two batch sizes do not give the same replies, hence the same scores. Prints one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Route file descriptor 1 to stderr (a first-use asset build runs in a child process and logs to its
+    inherited stdout), so stdout carries the JSON alone."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=1, help="time each batch size this many times; keep the best")
     args = parser.parse_args(argv)
+    with stdout_to_stderr():
+        result, ok = measure(args)
+    print(json.dumps(result, indent=2))
+    return 0 if ok else 1
 
+
+def measure(args) -> tuple[dict, bool]:
     import torch
 
     from vgid_dist.assets import resolve_tiny_path
@@ -79,12 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         "same_replies": same_replies, "same_scores": same_scores,
         "scores": runs[large]["scores"],
     }
-    print(json.dumps(result, indent=2))
     if not (same_replies and same_scores):
         differing = [u for u in runs[small]["replies"] if runs[small]["replies"][u] != runs[large]["replies"].get(u)]
         log(f"error: batch sizes {small} and {large} disagree on {len(differing)} replies, e.g. {differing[:3]}")
-        return 1
-    return 0
+    return result, same_replies and same_scores
 
 
 if __name__ == "__main__":

@@ -71,6 +71,21 @@ class PeakSampler:
         self.peak = max(self.peak, rss_bytes())
 
 
+def mem_available_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    raise KeyError("MemAvailable")
+
+
+def estimate_gb(model_dir: Path, mode: str) -> float:
+    """A generous guess of a mode's peak: fp32 weights (safetensors size) x 6 for full fine-tuning (student,
+    teacher, ZeRO-3's flat fp32 copy, gradients, two Adam moments) or x 1.5 for LoRA, plus 3 GB."""
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / GB
+    return weights * (6 if mode == "full" else 1.5) + 3
+
+
 def build_assets(work: Path, layers: int, hidden: int, vocab: int) -> tuple[Path, Path]:
     """The synthetic benchmark and the random LLaVA-shaped model (built once, reused)."""
     from vgid_dist.data.synthetic import corpus, write_synthetic_benchmark
@@ -83,8 +98,13 @@ def build_assets(work: Path, layers: int, hidden: int, vocab: int) -> tuple[Path
         return bench, model_dir
 
     import torch
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from vgid_dist.models.tiny import build_tiny_llava
 
@@ -100,7 +120,7 @@ def build_assets(work: Path, layers: int, hidden: int, vocab: int) -> tuple[Path
                                 num_key_value_heads=hidden // 64, max_position_embeddings=2048,
                                 bos_token_id=text["bos_token_id"], eos_token_id=text["eos_token_id"],
                                 pad_token_id=text["pad_token_id"], tie_word_embeddings=False),
-        image_token_id=donor["image_token_id"], vision_feature_layer=-2, vision_feature_select_strategy="default",
+        image_token_id=donor.get("image_token_id", donor.get("image_token_index")), vision_feature_layer=-2, vision_feature_select_strategy="default",
         tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
@@ -114,8 +134,10 @@ def build_assets(work: Path, layers: int, hidden: int, vocab: int) -> tuple[Path
     return bench, model_dir
 
 
-def child(mode: str, model_dir: Path, bench: Path, steps: int, out: Path) -> dict:
+def child(mode: str, model_dir: Path, bench: Path, steps: int, out: Path, ds_config: Path | None) -> dict:
     os.environ.setdefault("VGID_TRACKING", "off")
+    import torch
+
     from vgid_dist.config import build_run_config, load_recipe_dict
     from vgid_dist.engine.trainer import Trainer
 
@@ -125,6 +147,8 @@ def child(mode: str, model_dir: Path, bench: Path, steps: int, out: Path) -> dic
                      **({"lora": {"r": 16, "alpha": 16, "dropout": 0.05}} if mode == "lora" else {})}
     data["data"] = {"root": str(bench), "forget_ratio": 5, "max_length": 512}
     data["optim"].update(batch_size=1, max_steps=steps)
+    if ds_config is not None:
+        data["ds_config"] = str(ds_config)
     cfg = build_run_config(data, f"benchmarks/lora_memory.py ({mode})")
     trainer = Trainer(cfg, force=True)
     trainer.setup()
@@ -147,7 +171,7 @@ def child(mode: str, model_dir: Path, bench: Path, steps: int, out: Path) -> dic
         "train_peak_rss_gb": round(sampler.peak / GB, 3), "steps": steps,
         "step_seconds": [round(t, 1) for t in times], "tokens": {k: v for k, v in metrics.items()
                                                                   if k.startswith("tokens/")},
-        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+        "torch_threads": torch.get_num_threads(),
     }
     trainer.strategy.close()
     return result
@@ -162,19 +186,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vgid-lora-memory",
                         help="folder for the model and benchmark (built once, reused)")
+    parser.add_argument("--ds-config", type=Path, default=None,
+                        help="DeepSpeed JSON for both modes (default: the packaged zero3)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     bench, model_dir = build_assets(args.work, args.layers, args.hidden, args.vocab)
 
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, model_dir, bench, args.steps, args.work / "runs")), flush=True)
+        result = child(args.child, model_dir, bench, args.steps, args.work / "runs", args.ds_config)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     results = {}
     for mode in args.modes:
+        need_gb = estimate_gb(model_dir, mode)
+        free_gb = mem_available_kb() * 1024 / GB
+        if need_gb > free_gb:
+            # Other jobs share this machine: running out of memory would take them down too.
+            print(json.dumps({"mode": mode, "skipped": f"needs about {need_gb:.1f} GB, {free_gb:.1f} GB available"}),
+                  flush=True)
+            continue
         cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--layers", str(args.layers),
-               "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--work", str(args.work)]
+               "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--work", str(args.work),
+               *(["--ds-config", str(args.ds_config)] if args.ds_config else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1", "VGID_TRACKING": "off"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -108,7 +108,7 @@ def cmd_report(args) -> int:
     from vgid_dist.cluster.report import build_report
     from vgid_dist.tracking import Tracker, TrackingError
 
-    out = Path(args.out or Path("reports") / args.experiment)
+    out = Path(args.out or Path("runs") / "reports" / args.experiment)
     try:
         written = build_report(Tracker(), args.experiment, out)
     except TrackingError as exc:
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="Table 3 / Table 6 and trade-off figures from an MLflow experiment")
     p.add_argument("--experiment", required=True, help="MLflow experiment name")
-    p.add_argument("--out", default=None, help="output folder (default reports/<experiment>)")
+    p.add_argument("--out", default=None, help="output folder (default runs/reports/<experiment>)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="the MLflow browser on the tracking store (local SQLite unless MLFLOW_TRACKING_URI)")

@@ -482,7 +482,7 @@ class TrackingCallback:
         except Exception as exc:  # a lost metric must not stop hours of training
             if not self._warned:
                 print(f"[vgid] warning: MLflow logging failed at step {step} ({exc}); training continues, "
-                      "later steps are retried", file=sys.stderr, flush=True)
+                      "later steps are still sent", file=sys.stderr, flush=True)
                 self._warned = True
 
     def on_eval(self, results: Mapping[str, Any] | None) -> None:

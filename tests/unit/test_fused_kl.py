@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vgid_dist.losses import fused_kl as fused_kl_module
 from vgid_dist.losses.fused_kl import _FusedLinearKL, default_chunk_rows, fused_linear_kl
 
 N, H, V = 37, 48, 1003
@@ -23,6 +24,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["onednn", "mm"])
+def cpu_gemm(request, monkeypatch):
+    """Both CPU logit GEMM kernels: oneDNN linear (used when available) and the torch.mm fallback."""
+    if request.param == "onednn" and fused_kl_module._onednn_linear() is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    monkeypatch.setattr(fused_kl_module, "USE_ONEDNN_LINEAR", request.param == "onednn")
+    return request.param
 
 
 def make_inputs(n=N, h=H, v=V, dtype=torch.float32, seed=0, weight_grad=True):
@@ -77,7 +87,7 @@ def assert_matches_naive(hs, ws, ht, wt, tol=None, **kw):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 0.7])
 @pytest.mark.parametrize("chunk_size", [None, 5, 1, 64])
-def test_fp32_matches_naive(temperature, chunk_size):
+def test_fp32_matches_naive(temperature, chunk_size, cpu_gemm):
     loss, gh, gw = assert_matches_naive(*make_inputs(), temperature=temperature, chunk_size=chunk_size)
     assert loss > 0.05  # a non-trivial case
     assert gh.dtype == gw.dtype == torch.float32
@@ -123,7 +133,7 @@ def test_low_precision_gemm_path(dtype):
 
 
 @pytest.mark.parametrize("weight_grad", [False, True])
-def test_shared_weight_fast_path_equals_general_path(weight_grad):
+def test_shared_weight_fast_path_equals_general_path(weight_grad, cpu_gemm):
     hs, ws, ht, _ = make_inputs(weight_grad=weight_grad)
     ws_copy = ws.detach().clone()
     results = []
@@ -182,7 +192,7 @@ def test_sum_is_n_times_mean(weight_grad):
 
 
 @pytest.mark.parametrize("weight_grad", [False, True])
-def test_reduction_none_rows_and_weighted_backward(weight_grad):
+def test_reduction_none_rows_and_weighted_backward(weight_grad, cpu_gemm):
     hs, ws, ht, wt = make_inputs(weight_grad=weight_grad)
     weights = torch.rand(N, generator=torch.Generator().manual_seed(1)) * 2 - 0.5
 
@@ -201,7 +211,7 @@ def test_reduction_none_rows_and_weighted_backward(weight_grad):
             torch.testing.assert_close(a, b, **FP32_SUM_TOL)
 
 
-def test_identical_inputs_give_zero_loss_and_grads():
+def test_identical_inputs_give_zero_loss_and_grads(cpu_gemm):
     hs, ws, _, _ = make_inputs()
     ht, wt = hs.detach().clone(), ws.detach().clone()
     loss = fused_linear_kl(hs, ws, ht, wt, temperature=0.7, chunk_size=5)
@@ -220,6 +230,23 @@ def test_upstream_grad_scale_and_no_grad_mode():
         loss = fused_linear_kl(hs, ws, ht, wt)
     assert not loss.requires_grad
     torch.testing.assert_close(loss, naive(hs, ws, ht, wt).detach(), **FP32_TOL)
+
+
+def test_autocast_region_does_not_lower_precision():
+    inputs = make_inputs()
+    ref = loss_and_grads(fused_linear_kl, *inputs, chunk_size=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = loss_and_grads(fused_linear_kl, *inputs, chunk_size=5)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **FP32_TOL)
+
+
+def test_global_rng_untouched(monkeypatch):
+    monkeypatch.setattr(fused_kl_module, "_onednn_probe", [])  # re-run the one-time kernel probe too
+    inputs = make_inputs()
+    state = torch.get_rng_state()
+    fused_linear_kl(*inputs).backward()
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_second_backward_raises():

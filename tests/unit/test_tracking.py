@@ -146,4 +146,6 @@ def test_report_tables_from_tracked_runs(tmp_path):
     assert "**tiny, forget 5%**" in table3 and "| base |" in table3
     assert table3.index("| base |") < table3.index("| ga |") < table3.index("| vgid |")
     table6 = (tmp_path / "table6.md").read_text()
-    assert "w/o reverse attack" in table6 and "w/ reverse attack" in table6 and "0.350" in table6
+    row = next(line for line in table6.splitlines() if line.startswith("| vgid |"))
+    assert "w/o attack: Forget Gen RL" in table6 and "w/ attack: Forget Gen RL" in table6
+    assert "0.300" in row and "0.350" in row  # without, then with the attack

@@ -106,6 +106,20 @@ def slurm_state(job_id: str) -> str:
     return "GONE" if "Invalid job id" in res.stderr else "UNKNOWN"
 
 
+def slurm_active(job_id: str) -> bool:
+    """The job is still queued or running (an earlier submission of the sweep that has not ended)."""
+    state = slurm_state(job_id).split("+")[0]
+    return state not in FINAL_STATES and state != "GONE"
+
+
+def attach_slurm_job(folder: Path, job_id: str, resources: dict[str, Any]):
+    """The submitit handle of a job submitted earlier, to wait for it instead of submitting the cell twice."""
+    import submitit
+
+    tasks = tuple(range(resources["nodes"] * resources["tasks_per_node"]))
+    return submitit.SlurmJob(folder=Path(folder) / "%j", job_id=str(job_id), tasks=tasks)
+
+
 def results_written(job) -> bool:
     """Every task of the job wrote its result (or its exception). submitit's own ``done()`` asks sacct when a
     result is missing, which many clusters (and this one) do not have, and which floods the log with errors."""

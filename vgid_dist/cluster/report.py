@@ -6,7 +6,7 @@ come from the reference evaluations on the sweep's parent run (``ref/<model>/fr<
 
 Written to the output folder:
   table3.md                           one Table 3 per model and forget ratio
-  table6.md                           w/o and w/ each attack, forget and test splits (when attack results exist)
+  table6.md                           without and with the attack, forget and test sets (when attack results exist)
   tradeoff-<model>-fr<ratio>.png      forgetting vs utility (when a Base row exists)
   results.json                        {model: {forget_ratio: {row: {split: {metric: value}}}}}
 """
@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from vgid_dist.eval.report import table3_markdown, tradeoff_figure
+from vgid_dist.eval.report import table3_markdown, table6_markdown, tradeoff_figure
 from vgid_dist.tracking import KIND_TAG, SPLITS, RunRecord, Tracker, TrackingError
 
 # Table 3's row order in the paper; other methods follow alphabetically.
@@ -97,11 +97,6 @@ def collect(runs: list[RunRecord]) -> dict[tuple[str, int], dict[str, dict[str, 
     return {k: {a: dict(rows) for a, rows in v.items()} for k, v in table.items()}
 
 
-def _forget_test(results: dict) -> dict:
-    """Table 6 reports the forget and test splits only."""
-    return {s: v for s, v in results.items() if s in ("forget", "test")}
-
-
 def ordered(rows: dict[str, Any]) -> dict[str, Any]:
     known = [r for r in ROW_ORDER if r in rows]
     return {r: rows[r] for r in known + sorted(set(rows) - set(known))}
@@ -135,13 +130,9 @@ def write_report_files(data: dict[tuple[str, int], dict[str, dict[str, dict]]], 
             if "base" in plain and "forget" in plain["base"] and "gen_rougeL" in plain["base"]["forget"]:
                 written.append(tradeoff_figure(plain, out_dir / f"tradeoff-{model}-fr{ratio}.png"))
         for attack in sorted(a for a in by_attack if a != PLAIN):
-            attacked = ordered(by_attack[attack])
-            without = {r: _forget_test(plain[r]) for r in attacked if r in plain}
-            t6 += [f"**{model}, forget {ratio}%**", ""]
-            if without:
-                t6 += [table3_markdown(without, title=f"w/o {attack} attack"), ""]
-            t6 += [table3_markdown({r: _forget_test(v) for r, v in attacked.items()}, title=f"w/ {attack} attack"),
-                   ""]
+            # Rows that were evaluated under the attack, each beside its evaluation without it.
+            rows = {r: {"w/o": plain.get(r, {}), "w/": res} for r, res in ordered(by_attack[attack]).items()}
+            t6 += [table6_markdown(rows, title=f"{model}, forget {ratio}% ({attack} attack)"), ""]
     (out_dir / "table3.md").write_text("\n".join(t3))
     written.insert(0, out_dir / "table3.md")
     if len(t6) > 2:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vgid_dist.cluster.executor import (
+    attach_slurm_job,
     choose_executor,
     make_executor,
     sbatch_script,
+    slurm_active,
     slurm_parameters,
     wait_jobs,
 )
@@ -160,9 +163,17 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
 
     submitted: dict[str, Any] = {}
     record: dict[str, dict] = {}
-    local_queue: list[tuple[str, Any, dict]] = []
+    # (name, task, resources); task None: a job of an earlier submission, still queued or running, to wait for
+    # rather than submit twice.
+    queue: list[tuple[str, Any, dict]] = []
+    earlier = {name: job_id for name, job_id in _earlier_jobs(plan).items() if kind == "slurm" and slurm_active(job_id)}
     for cell in plan.cells:
         state, run_id = _cell_state(tracker, exp_id, cell)
+        if state == "submit" and cell.name in earlier:
+            record[cell.name] = {"state": "queued earlier", "run_id": run_id, "job_id": earlier[cell.name],
+                                 "output_dir": str(cell.output_dir)}
+            queue.append((cell.name, None, cell.resources))
+            continue
         if state == "finished":
             log(f"[sweep] {cell.name}: finished (run {run_id}), skipped")
             record[cell.name] = {"state": "skipped", "run_id": run_id}
@@ -179,7 +190,7 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
                         output_dir=str(cell.output_dir), env=_job_env(plan, tracker, parent_id, cell.model),
                         attacks=list(cell.attacks))
         record[cell.name] = {"state": "submitted", "run_id": run_id, "output_dir": str(cell.output_dir)}
-        local_queue.append((cell.name, task, cell.resources))
+        queue.append((cell.name, task, cell.resources))
     for ref in plan.references:
         missing = [(n, a) for n, a in ref.evaluations
                    if not (ref.folder / (f"{n}-{a}.json" if a else f"{n}.json")).is_file()]
@@ -191,17 +202,34 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
             log(f"[sweep] {ref.name}: evaluated, skipped")
             record[ref.name] = {"state": "skipped"}
             continue
+        if ref.name in earlier:
+            record[ref.name] = {"state": "queued earlier", "job_id": earlier[ref.name]}
+            queue.append((ref.name, None, ref.resources))
+            continue
         task = ReferenceTask(name=ref.name, model=ref.model, forget_ratio=ref.forget_ratio, recipe=ref.recipe,
                              overrides=list(ref.overrides), folder=str(ref.folder), evaluations=list(ref.evaluations),
                              icu_style=ref.icu_style, parent_run_id=parent_id,
                              env=_job_env(plan, tracker, parent_id, ref.model))
         record[ref.name] = {"state": "submitted"}
-        local_queue.append((ref.name, task, ref.resources))
+        queue.append((ref.name, task, ref.resources))
 
     folder = plan.root / "submitit"
     outcomes: dict[str, str] = {}
-    for name, task, resources in local_queue:
-        job = make_executor(kind, folder, resources, name).submit(task)
+    rejected: list[str] = []
+    for name, task, resources in queue:
+        if task is None:
+            submitted[name] = attach_slurm_job(folder, earlier[name], resources)
+            log(f"[sweep] {name}: already queued or running (slurm job {earlier[name]})")
+            continue
+        try:
+            job = make_executor(kind, folder, resources, name).submit(task)
+        except Exception as exc:  # sbatch refused it (a partition or QOS this account lacks, ...)
+            log(f"[sweep] {name}: submission failed: {exc}")
+            record[name].update(state="rejected", outcome=str(exc))
+            rejected.append(name)
+            if tracker is not None and record[name].get("run_id"):
+                tracker.set_status(record[name]["run_id"], "FAILED")
+            continue
         submitted[name] = job
         record[name]["job_id"] = str(job.job_id)
         log(f"[sweep] {name}: submitted ({kind} job {job.job_id})")
@@ -210,25 +238,25 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
             outcomes.update(wait_jobs({name: job}, kind, timeout_s=wait_timeout_s, on_finish=_reporter(log)))
     _write_record(plan, parent_id, record)
 
-    if not submitted:
+    if not submitted and not rejected:
         log("[sweep] nothing to run: every cell is finished")
     if not wait and kind == "slurm":
         if tracker is not None:
-            tracker.log(parent_id, tags={"vgid.sweep.state": "submitted"})
-            tracker.set_status(parent_id, "FINISHED")
-        log(f"[sweep] {len(submitted)} jobs submitted; `vgid sweep {matrix_ref} --wait` (same arguments) waits "
-            f"for them, `vgid report --experiment {plan.experiment}` tabulates what has finished")
-        return 0
+            tracker.log(parent_id, tags={"vgid.sweep.state": "failed" if rejected else "submitted"})
+            tracker.set_status(parent_id, "FAILED" if rejected else "FINISHED")
+        log(f"[sweep] {len(submitted)} jobs queued; the same command with --wait waits for them, "
+            f"`vgid report --experiment {plan.experiment}` tabulates what has finished")
+        return 1 if rejected else 0
     if kind == "slurm":
         outcomes = wait_jobs(submitted, kind, timeout_s=wait_timeout_s, on_finish=_reporter(log))
-    failed = _settle(tracker, submitted, outcomes, record, log)
+    failed = rejected + _settle(tracker, submitted, outcomes, record, log)
     _write_record(plan, parent_id, record)
     if tracker is not None:
         tracker.log(parent_id, tags={"vgid.sweep.state": "failed" if failed else "complete"})
         _report_into_parent(tracker, plan, parent_id, log)
         tracker.set_status(parent_id, "FAILED" if failed else "FINISHED")
-    log(f"[sweep] {len(submitted) - len(failed)} of {len(submitted)} jobs finished"
-        + (f"; failed: {', '.join(failed)}" if failed else ""))
+    total = len(submitted) + len(rejected)
+    log(f"[sweep] {total - len(failed)} of {total} jobs finished" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
@@ -248,8 +276,10 @@ def _settle(tracker, jobs: dict[str, Any], outcomes: dict[str, str], record: dic
         if outcome == "done":
             try:
                 job.results()
-            except Exception as exc:  # the job's own exception, re-raised by submitit
-                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            except Exception as exc:  # the job's own exception, re-raised by submitit with its traceback
+                lines = [line.strip() for line in str(exc).splitlines()]
+                causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+                error = causes[-1] if causes else f"{type(exc).__name__}: {lines[0] if lines else ''}"
         else:
             error = outcome
         record[name]["outcome"] = "ok" if error is None else error
@@ -328,6 +358,15 @@ def _report_into_parent(tracker, plan: SweepPlan, parent_id: str, log) -> None:
         return
     tracker.log_files(parent_id, written, "report")
     log(f"[sweep] report: {plan.root / 'report'}")
+
+
+def _earlier_jobs(plan: SweepPlan) -> dict[str, str]:
+    """Job ids of the last submission of this sweep (``sweep.json``), by job name."""
+    path = plan.root / "sweep.json"
+    if not path.is_file():
+        return {}
+    jobs = json.loads(path.read_text()).get("jobs", {})
+    return {name: str(j["job_id"]) for name, j in jobs.items() if j.get("job_id")}
 
 
 def _write_record(plan: SweepPlan, parent_id: str | None, record: dict) -> None:

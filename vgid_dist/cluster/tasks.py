@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# train_entry's exit code for a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint.
+INTERRUPTED = 128 + signal.SIGTERM
 
 
 def export_distributed_env() -> tuple[int, int]:
@@ -49,6 +53,11 @@ class CellTask:
             print(f"[sweep] {self.name}: {out} is complete", flush=True)
         else:
             code = train_entry(self.recipe, list(self.overrides), force=self.force)
+            if code == INTERRUPTED:
+                # Stopped by a signal (Slurm preempting or cancelling the job) after a checkpoint: leave no
+                # result behind (submitit writes one only for a return or an Exception), so a requeued job
+                # resumes the cell and the sweep waits for it, while a cancelled one reads as ended.
+                raise SystemExit(code)
             if code != 0:
                 raise RuntimeError(f"cell {self.name}: training exited with code {code} (the error is above in "
                                    "this log)")

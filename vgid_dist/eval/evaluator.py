@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -69,7 +69,6 @@ class Prediction:
 class _Batch:
     items: list[EvalItem | None]  # None = padding row
     has_image: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 TASK_ORDER = {"classification": 0, "cloze": 1, "generation": 2}
@@ -116,6 +115,7 @@ class PromptEncoder:
     def __init__(self, adapter, opts: EvalOptions):
         self.adapter = adapter
         self.opts = opts
+        self.images = prompting.ImageCache(adapter)
         self._pads: dict[bool, EncodedSample] = {}
 
     def prompt(self, item: EvalItem) -> str:
@@ -124,14 +124,15 @@ class PromptEncoder:
 
     def encode(self, item: EvalItem) -> tuple[EncodedSample, str]:
         """(encoded prompt, prompt text); raises DataError when an image cannot be read."""
-        images = prompting.shot_images(item.shots) + ([item.image.load()] if item.image is not None else [])
+        refs = [s.image for s in item.shots if s.image is not None] + ([item.image] if item.image else [])
+        images = [self.images.get(ref) for ref in refs]
         prompt = self.prompt(item)
         return prompting.encode(self.adapter, prompt, images), prompt
 
     def padding(self, has_image: bool) -> EncodedSample:
         if has_image not in self._pads:
             pad = _pad_item(has_image)
-            images = [pad.image.load()] if pad.image is not None else []
+            images = [self.adapter.encode_image(pad.image.load())] if pad.image is not None else []
             self._pads[has_image] = prompting.encode(
                 self.adapter, self.adapter.render(pad.text(), has_image, pad.task), images)
         return self._pads[has_image]
@@ -188,7 +189,7 @@ def _option_rows(sample: EncodedSample, shared: list[int], own: dict[str, list[i
 
     One row when every option is a single token (the usual case): the distribution at its last target position
     holds them all. Otherwise one row per option, its tokens teacher-forced and their log-probabilities
-    summed. Returns (rows, readers): reader(logprobs of this question's targets [t, V]) -> {letter: float}."""
+    summed. Returns (rows, reader): reader(log-probs at this question's targets, [t, V]) -> {letter: float}."""
     if all(len(o) == 1 for o in own.values()):
         first = next(iter(own.values()))
         rows = [EncodedSample(sample.prompt_ids, shared + first, sample.image)]
@@ -235,7 +236,9 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     replies: dict[str, str] = {}
     choices: dict[str, str] = {}
     mine: dict[str, EvalItem] = {}
-    bar = tqdm(total=sum(len(b.items) for b in batches + mc_batches), desc="eval", unit="q",
+    # rank 0 shows its own share: every rank runs the same number of batches, so its ETA is the job's
+    bar = tqdm(total=sum(len(b.items) for b in batches + mc_batches), unit="q",
+               desc="eval" if world == 1 else f"eval (rank 0 of {world})",
                disable=not (progress and rank == 0), dynamic_ncols=True, mininterval=1.0)
     for batch in batches:
         encoded, asked, _ = encoder.encode_batch(batch, errors)

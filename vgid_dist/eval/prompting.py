@@ -106,7 +106,7 @@ def render(adapter, text: str, has_image: bool, task: str, shots: tuple[Shot, ..
     return adapter.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode(adapter, prompt: str, images: list) -> EncodedSample:
+def encode(adapter, prompt: str, images: list[EncodedImage]) -> EncodedSample:
     """Token ids of ``prompt`` with each image token expanded to its image's token count, in order; the
     images' tensors are concatenated into one EncodedImage (the model matches features to image tokens in
     order, across the batch)."""
@@ -115,20 +115,40 @@ def encode(adapter, prompt: str, images: list) -> EncodedSample:
     if len(positions) != len(images):
         # e.g. a question whose text itself holds the image token string
         raise DataError(f"prompt holds {len(positions)} image token(s) for {len(images)} image(s): {prompt[:160]!r}")
-    encoded = [adapter.encode_image(im) for im in images]
     out: list[int] = []
     prev = 0
-    for pos, enc in zip(positions, encoded):
+    for pos, enc in zip(positions, images):
         out += ids[prev:pos] + [adapter.image_token_id] * enc.num_tokens
         prev = pos + 1
     out += ids[prev:]
     merged = None
-    if encoded:
-        merged = EncodedImage({k: torch.cat([e.tensors[k] for e in encoded]) for k in encoded[0].tensors},
-                              sum(e.num_tokens for e in encoded))
+    if len(images) == 1:
+        merged = images[0]
+    elif images:
+        merged = EncodedImage({k: torch.cat([e.tensors[k] for e in images]) for k in images[0].tensors},
+                              sum(e.num_tokens for e in images))
     return EncodedSample(out, [], merged)
 
 
-def shot_images(shots: tuple[Shot, ...]) -> list:
-    """The examples' decoded images, in prompt order (raises DataError for an unreadable one)."""
-    return [s.image.load() for s in shots if s.image is not None]
+class ImageCache:
+    """Decoded and processed images by reference, up to ``budget_bytes`` of tensors: a profile's image is
+    asked with many questions, in batches far apart (they are grouped by task)."""
+
+    def __init__(self, adapter, budget_bytes: int = 256 * 2**20):
+        self.adapter = adapter
+        self.budget = budget_bytes
+        self.used = 0
+        self._cache: dict[ImageRef, EncodedImage] = {}
+
+    def get(self, ref: ImageRef) -> EncodedImage:
+        """The processed image; raises DataError when it cannot be read (not cached: asked again, it fails
+        again with the same message)."""
+        hit = self._cache.get(ref)
+        if hit is not None:
+            return hit
+        encoded = self.adapter.encode_image(ref.load())
+        size = sum(t.numel() * t.element_size() for t in encoded.tensors.values())
+        if self.used + size <= self.budget:
+            self._cache[ref] = encoded
+            self.used += size
+        return encoded

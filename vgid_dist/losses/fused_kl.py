@@ -6,7 +6,7 @@ backward: with N = 2048 tokens and a 150k vocabulary that is several GB of fp32 
 are processed in chunks, and the gradient with respect to each chunk's student logits is known in closed
 form ((softmax_s - p_t) / T), so it is pushed through the head (``grad_h = g @ W``, ``grad_W += g.T @ h``)
 while the chunk is still in memory. No autograd graph over logits is built; only three [chunk, V] fp32
-buffers are alive at any time, reused from chunk to chunk.
+tensors are alive at any time (student logits, teacher logits, exp/grad buffer), whatever N is.
 """
 
 from __future__ import annotations
@@ -15,11 +15,18 @@ import torch
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_rows", "fused_linear_kl"]
 
-# Size of ONE [chunk, V] fp32 buffer (three are alive at once). Measured on a 2-core AVX2 CPU at
-# H = 512, V = 151936: row chunks from ~100 to ~1000 rows run at the same speed within the noise (the
-# four GEMMs dominate and are at the machine's peak for any chunk above ~100 rows), so the smallest
-# size that keeps the GEMMs efficient wins: it is what bounds the extra memory.
+# Size of ONE [chunk, V] fp32 tensor (three are alive at once). The four GEMMs are ~90% of the time and
+# run at the same rate for any chunk of more than ~100 rows: on a 2-core AVX2 EPYC at N = 1024, H = 512,
+# V = 151936, chunks of 128 / 220 / 330 / 441 / 660 rows took 20.1 / 19.5 / 19.9 / 19.6 / 19.1 s of CPU
+# (noise ~3%). So the chunk is kept small, since it sets the extra memory: 128 MB is 220 rows at V = 150k.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
+
+# On CPU the two logit GEMMs (h @ W.T) go through oneDNN's fp32 linear when this torch build has it: measured
+# ~37 GFLOP/s per core against ~31 for torch.mm (MKL) on this layout, on an AVX2 EPYC, i.e. ~10% of the
+# whole loss. It is the kernel TorchInductor uses for linear layers on CPU; the op is probed once and any
+# failure falls back to torch.mm. Set to False to force torch.mm.
+USE_ONEDNN_LINEAR = True
+_onednn_probe: list = []
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "torch", "liger")
@@ -30,6 +37,30 @@ def default_chunk_rows(num_rows: int, vocab_size: int, chunk_bytes: int = DEFAUL
     """Rows per chunk so that one [rows, vocab_size] fp32 buffer takes about ``chunk_bytes`` (at least 1)."""
     rows = max(1, chunk_bytes // (4 * max(1, vocab_size)))
     return max(1, min(rows, num_rows))
+
+
+def _onednn_linear():
+    """oneDNN fp32 ``linear(x, w) = x @ w.T`` returning a new tensor, or None if unavailable."""
+    if not USE_ONEDNN_LINEAR:
+        return None
+    if not _onednn_probe:
+        linear = None
+        try:
+            if torch.backends.mkldnn.is_available():
+                op = torch.ops.mkldnn._linear_pointwise
+
+                def linear(x, w):
+                    return op(x, w, None, "none", [], "")
+
+                # Deterministic probe values: must not touch the global RNG.
+                x = torch.arange(15.0).view(3, 5).div_(7)
+                w = torch.arange(35.0).view(7, 5).cos_()
+                if not torch.allclose(linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-6):
+                    linear = None
+        except Exception:  # private op: absent or changed in this torch build
+            linear = None
+        _onednn_probe.append(linear)
+    return _onednn_probe[0]
 
 
 def _kl_chunks(
@@ -48,6 +79,14 @@ def _kl_chunks(
     low_precision_gemm: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-row KL [N] (fp32) and, if asked, grads of ``sum_i row_scale_i * KL_i`` w.r.t. h_s and w_s."""
+    if h_s.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(h_s.device.type):
+        # The dtypes below are chosen on purpose (fp32 softmax, fp32 GEMMs on CPU); an enclosing autocast
+        # region would silently turn the fp32 GEMMs into bf16 ones.
+        with torch.autocast(h_s.device.type, enabled=False):
+            return _kl_chunks(h_s, w_s, h_t, w_t, shared_weight=shared_weight, inv_temp=inv_temp,
+                              chunk_rows=chunk_rows, row_scale=row_scale, need_grad_h=need_grad_h,
+                              need_grad_w=need_grad_w, want_loss=want_loss,
+                              low_precision_gemm=low_precision_gemm)
     n, v = h_s.shape[0], w_s.shape[0]
     device = h_s.device
     f32 = torch.float32
@@ -63,11 +102,13 @@ def _kl_chunks(
         ws = w_s.to(f32)
         wt = ws if shared_weight else w_t.to(f32)
 
+    linear = _onednn_linear() if device.type == "cpu" and not low_precision_gemm else None
     rows = max(1, min(chunk_rows, n))
     # Logits of the student (first c rows) and teacher (next c rows) share one flat buffer, so the shared
     # weight case is a single GEMM and the max-subtraction is one op over both; the last, shorter chunk
-    # takes a prefix of the same storage instead of reallocating.
-    logits_buf = torch.empty(2 * rows * v, dtype=f32, device=device)
+    # takes a prefix of the same storage instead of reallocating. (oneDNN has no out=: it returns fresh
+    # logit tensors instead, freed before the next chunk's are made.)
+    logits_buf = None if linear is not None else torch.empty(2 * rows * v, dtype=f32, device=device)
     exp_buf = torch.empty(rows * v, dtype=f32, device=device)
 
     kl = torch.empty(n, dtype=f32, device=device) if want_loss else None
@@ -81,8 +122,11 @@ def _kl_chunks(
     for start in range(0, n, rows):
         end = min(start + rows, n)
         c = end - start
-        both = logits_buf[: 2 * c * v].view(2 * c, v)
-        s, t = both[:c], both[c:]
+        # Release the previous chunk's logits before this chunk's are allocated (oneDNN path): 2 alive, not 4.
+        both = s = t = None
+        if logits_buf is not None:
+            both = logits_buf[: 2 * c * v].view(2 * c, v)
+            s, t = both[:c], both[c:]
         e = exp_buf[: c * v].view(c, v)
 
         hs = h_s[start:end].to(gemm_dtype)
@@ -101,14 +145,24 @@ def _kl_chunks(
                 hs_in, ht_in = hs * inv_temp, ht * inv_temp
             else:
                 hs_in, ht_in = hs, ht
-            if shared_weight:
+            if linear is not None:
+                if shared_weight:
+                    both = linear(torch.cat([hs_in, ht_in]), ws)
+                    s, t = both[:c], both[c:]
+                else:
+                    both, s, t = None, linear(hs_in, ws), linear(ht_in, wt)
+            elif shared_weight:
                 torch.mm(torch.cat([hs_in, ht_in]), ws.t(), out=both)
             else:
                 torch.mm(hs_in, ws.t(), out=s)
                 torch.mm(ht_in, wt.t(), out=t)
 
         # Shift by the row max so exp() cannot overflow; s', t' below are the shifted logits.
-        both.sub_(both.amax(dim=1, keepdim=True))
+        if both is None:
+            s.sub_(s.amax(dim=1, keepdim=True))
+            t.sub_(t.amax(dim=1, keepdim=True))
+        else:
+            both.sub_(both.amax(dim=1, keepdim=True))
         torch.exp(s, out=e)
         z_s = e.sum(dim=1)
         # s <- t' - s'. log p_t - log p_s = (t' - s') - log z_t + log z_s, so the KL needs only this
@@ -129,16 +183,16 @@ def _kl_chunks(
         # (one pass over [c, V]); the per-row factor 1 / z_s, together with the reduction scale and 1 / T,
         # is applied to the [c, H] operands of the two GEMMs below, which is H/V of the work.
         e.addcmul_(t, (z_s / z_t).neg_().unsqueeze(1))
-        coef = inv_temp * (row_scale[start:end] if per_row_scale else row_scale)
+        coef = (row_scale[start:end] if per_row_scale else torch.full_like(z_s, row_scale)) * inv_temp
         if low_precision_gemm:
             # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range,
             # while softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H] side.
             e.mul_(z_s.reciprocal().unsqueeze(1))
             g = e.to(gemm_dtype)
-            coef = (coef * torch.ones_like(z_s)).unsqueeze(1)
         else:
             g = e
-            coef = (coef / z_s).unsqueeze(1)
+            coef = coef / z_s
+        coef = coef.unsqueeze(1)
         if need_grad_h:
             grad_h[start:end] = torch.mm(g, ws).to(f32).mul_(coef)
         if need_grad_w:

@@ -2,8 +2,9 @@
 
     L = - NLL(y_f | x_f)    [sum over forget answer tokens / global count of forget answer tokens]
 
-No retain term and no frozen model: the plainest negative-training baseline, and the parent of ``ga_diff`` and
-``kl_min``, which add a retain term to it.
+No retain term and no frozen model: the plainest negative-training baseline. Its batch (forget rows, then
+retain rows, in one student forward) is shared by the methods built on it: ``ga_diff`` and ``kl_min`` add a
+retain term, ``idk`` swaps the forget answers for refusals, ``rmu`` scores hidden states instead of tokens.
 """
 
 from __future__ import annotations
