@@ -76,6 +76,8 @@ class DataConfig(StrictModel):
     retain_file: str | None = None
     forget_ratio: Literal[5, 10, 15] = 5
     max_length: int = Field(384, ge=16)
+    """Text tokens per sample (prompt + answer); an image's tokens (576 for LLaVA-1.5) come on top. Answers
+    are cut to fit; prompts are never cut."""
 
 
 class OptimConfig(StrictModel):
@@ -85,7 +87,11 @@ class OptimConfig(StrictModel):
     eps: float = 1e-8
     batch_size: int = Field(4, gt=0)
     """Global batch: forget samples per optimiser step, over all ranks and accumulation steps. Methods
-    with a retain term draw the same number of retain samples."""
+    with a retain term draw ``retain_per_forget`` times as many retain samples."""
+    retain_per_forget: int = Field(1, gt=0)
+    """Retain samples per forget sample in a step (methods with a retain term). 1 is the paper's setting; more
+    holds the retain set more firmly when the retain set is much larger than the forget set, at the cost of
+    that many more retain rows per forward."""
     grad_accum: int = Field(1, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)

@@ -57,22 +57,27 @@ def one_rank(recipe, tmp_path_factory) -> Path:
     return out
 
 
+def assert_same_updates(w1: dict, w2: dict) -> None:
+    """Equal within 1e-4 after 3 Adam steps of lr 1e-2 (each weight moves ~0.03): Adam divides by the
+    gradient's own scale, so the summation-order rounding of a gradient element near zero becomes an update
+    difference of a small fraction of lr; a rank's data missing from the gradient moves weights by ~lr."""
+    for name in w1:
+        assert torch.allclose(w1[name], w2[name], atol=1e-4), (name, (w1[name] - w2[name]).abs().max().item())
+
+
 def test_two_zero3_ranks_match_one_rank(recipe, one_rank, tmp_path):
     result = train(recipe, tmp_path / "two", ranks=2)
     assert "world 2 | ZeRO-3" in result.stdout
     assert losses(tmp_path / "two") == pytest.approx(losses(one_rank), rel=1e-4, abs=1e-6)
     w1, w2 = weights(one_rank), weights(tmp_path / "two")
     assert w1.keys() == w2.keys()
-    for name in w1:
-        assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+    assert_same_updates(w1, w2)
 
 
 def test_gradient_accumulation_matches_one_micro_batch(recipe, one_rank, tmp_path):
     train(recipe, tmp_path / "accum", "optim.grad_accum=2")
     assert losses(tmp_path / "accum") == pytest.approx(losses(one_rank), rel=1e-4, abs=1e-6)
-    w1, w2 = weights(one_rank), weights(tmp_path / "accum")
-    for name in w1:
-        assert torch.allclose(w1[name], w2[name], atol=1e-5), name
+    assert_same_updates(weights(one_rank), weights(tmp_path / "accum"))
 
 
 def test_saved_model_reloads_and_student_changed(one_rank, tiny_llava):
@@ -134,7 +139,8 @@ def test_fused_kl_matches_the_logits_path_on_two_zero3_ranks(recipe, tmp_path):
     same loss and same updated weights as the path that builds logits."""
     for fused in ("true", "false"):
         train(recipe, tmp_path / fused, "max_steps=2", "optim.lr=1e-4", f"method.fused_kl={fused}", ranks=2)
-    assert losses(tmp_path / "true") == pytest.approx(losses(tmp_path / "false"), rel=1e-5)
+    # abs: the first step's KL is ~1e-4 (student = base), computed by two formulas that round differently
+    assert losses(tmp_path / "true") == pytest.approx(losses(tmp_path / "false"), rel=1e-5, abs=1e-7)
     w_fused, w_logits = weights(tmp_path / "true"), weights(tmp_path / "false")
     for name in w_fused:
         # Adam turns gradient rounding differences into update differences of at most a fraction of lr

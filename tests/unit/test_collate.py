@@ -44,11 +44,13 @@ def test_image_tokens_match_pixel_inputs(adapter, bench_dir):
 def test_truncation_keeps_prompt_and_counts_dropped_answer_tokens(adapter, bench_dir):
     sample = MLLMUBench(bench_dir).train_samples("forget", 5)[1]
     full = Collator(adapter, 10**6).encode(sample)
-    limit = len(full.prompt_ids) + 2
-    short = Collator(adapter, limit).encode(sample)
+    assert full.image is not None and full.image.num_tokens > 0
+    # max_length counts text tokens: the image's placeholder tokens are not part of it
+    text_prompt = len(full.prompt_ids) - full.image.num_tokens
+    short = Collator(adapter, text_prompt + 2).encode(sample)
     assert short.prompt_ids == full.prompt_ids and short.answer_ids == full.answer_ids[:2]
     assert short.truncated == len(full.answer_ids) - 2
-    assert Collator(adapter, len(full.prompt_ids) - 1).encode(sample).answer_ids == []
+    assert Collator(adapter, text_prompt).encode(sample).answer_ids == []
 
 
 def test_left_padding_for_generation(adapter):

@@ -128,3 +128,17 @@ def test_sampler_partitions_the_global_batch():
     assert one.total_steps(epochs=1, max_steps=None) == 3 and one.total_steps(2, 5) == 5
     first_epoch = [i for s in range(2) for i in one.micro_indices(s, 0)[0]][:10]
     assert len(set(first_epoch)) == 8  # steps 0-1 cover 8 distinct samples of epoch 0
+
+
+def test_retain_per_forget_draws_that_many_retain_samples_per_forget_sample():
+    one = StepSampler(10, 30, batch_size=4, world_size=1, rank=0, grad_accum=1, seed=3, retain_per_forget=3)
+    parts = [StepSampler(10, 30, 4, 2, r, 2, 3, retain_per_forget=3) for r in range(2)]
+    seen = []
+    for step in range(5):
+        primary, retain = one.micro_indices(step, 0)
+        assert len(primary) == 4 and len(retain) == 12
+        assert primary == StepSampler(10, 30, 4, 1, 0, 1, 3).micro_indices(step, 0)[0]  # forget stream unchanged
+        split_r = [i for m in range(2) for s in parts for i in s.micro_indices(step, m)[1]]
+        assert sorted(split_r) == sorted(retain)
+        seen += retain
+    assert len(set(seen[:30])) == 30  # the first 30 retain draws are one permutation of the retain set

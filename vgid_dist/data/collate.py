@@ -91,7 +91,10 @@ class Collator:
         truncated = 0
         if answer_ids is None:
             answer_ids = self.adapter.answer_ids(prompt, sample.answer)
-            keep = max(0, self.max_length - len(prompt_ids))
+            # max_length counts text tokens: the image's placeholder tokens are a fixed cost of the
+            # family (576 for LLaVA-1.5), not part of the budget a recipe sets.
+            image_tokens = encoded_image.num_tokens if encoded_image is not None else 0
+            keep = max(0, self.max_length - (len(prompt_ids) - image_tokens))
             truncated = max(0, len(answer_ids) - keep)
             answer_ids = answer_ids[:keep]
         return EncodedSample(prompt_ids, list(answer_ids), encoded_image, truncated)

@@ -34,6 +34,7 @@ class StepSampler:
     seed: int
     primary_lengths: tuple[int, ...] | None = None
     retain_lengths: tuple[int, ...] | None = None
+    retain_per_forget: int = 1
 
     def __post_init__(self):
         if self.num_primary <= 0:
@@ -61,8 +62,10 @@ class StepSampler:
             out.append(_permutation(self.seed, stream, epoch, n)[offset])
         return out
 
-    def _global(self, stream: int, n: int, step: int, lengths: tuple[int, ...] | None) -> list[int]:
-        batch = self._stream(stream, n, step * self.batch_size, self.batch_size)
+    def _global(self, stream: int, n: int, step: int, lengths: tuple[int, ...] | None,
+                factor: int = 1) -> list[int]:
+        size = self.batch_size * factor
+        batch = self._stream(stream, n, step * size, size)
         if lengths is not None:
             batch = sorted(batch, key=lambda i: lengths[i])  # stable: ties keep the random order
         return batch
@@ -72,5 +75,8 @@ class StepSampler:
         slot = micro * self.world_size + self.rank
         part = slice(slot * self.micro_batch, (slot + 1) * self.micro_batch)
         primary = self._global(0, self.num_primary, step, self.primary_lengths)[part]
-        retain = self._global(1, self.num_retain, step, self.retain_lengths)[part] if self.num_retain else []
+        if not self.num_retain:
+            return primary, []
+        k = self.retain_per_forget
+        retain = self._global(1, self.num_retain, step, self.retain_lengths, k)[part.start * k:part.stop * k]
         return primary, retain

@@ -138,7 +138,7 @@ class Trainer:
         self.sampler = StepSampler(len(self.primary), len(self.retain), cfg.optim.batch_size,
                                    self.strategy.world_size, self.strategy.rank, cfg.optim.grad_accum,
                                    cfg.optim.seed, tuple(self.data_report.primary_lengths),
-                                   tuple(self.data_report.retain_lengths))
+                                   tuple(self.data_report.retain_lengths), cfg.optim.retain_per_forget)
         self.total_steps = self.sampler.total_steps(cfg.optim.epochs, cfg.optim.max_steps)
 
         if self.strategy.is_main:
@@ -157,6 +157,11 @@ class Trainer:
         if cfg.model.lora is not None:
             student_model = apply_lora(student_model, layers, cfg.model.lora)
         self.method.configure_trainable(student_model, layers)
+        # Counted before the engine is built; ZeRO-3 parameters loaded partitioned report their full size in
+        # ds_numel (numel() of a shard placeholder is 0).
+        self.trainable_params = sum(getattr(q, "ds_numel", q.numel()) for q in student_model.parameters()
+                                    if q.requires_grad)
+        self.log(f"[vgid] trainable parameters: {self.trainable_params:,}")
         self.engine = self.strategy.build_student(student_model, self.total_steps)
         self.student = EngineRunner(self.engine, self.adapter, self.strategy.device, self.strategy.dtype, frozen=False,
                                     gather=self.strategy.gathered)
@@ -319,6 +324,7 @@ class Trainer:
                 self.checkpoint(done)
         self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,
                         "nonfinite_skipped": self.nonfinite.total, "resumed_from": self.start_step,
+                        "trainable_params": self.trainable_params,
                         "final": last or {}}
 
     # -- finish ---------------------------------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def build_tiny_llava(out: str | Path, texts: Iterable[str] = (), *, vocab_size: 
     model.generation_config.bos_token_id = ids["<s>"]
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        # Native parameter names, as every model this project saves (export.save_hf_folder).
+        model.save_pretrained(folder, save_original_format=False)
         tokenizer.save_pretrained(folder)
         image_processor.save_pretrained(folder)
 
@@ -140,7 +141,8 @@ def build_tiny_qwen2_5_vl(out: str | Path, texts: Iterable[str] = (), *, vocab_s
     model.generation_config.eos_token_id = ids["<|im_end|>"]
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        # Native parameter names, as every model this project saves (export.save_hf_folder).
+        model.save_pretrained(folder, save_original_format=False)
         tokenizer.save_pretrained(folder)
         image_processor.save_pretrained(folder)
 
