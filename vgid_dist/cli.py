@@ -1,4 +1,4 @@
-"""The ``vgid`` command: demo, train, eval, sweep, report, ui."""
+"""The ``vgid`` command: demo, train, eval, steer, attack, sweep, report, ui."""
 
 from __future__ import annotations
 
@@ -67,19 +67,82 @@ def cmd_eval(args) -> int:
 
     try:
         opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
-                           attack=args.attack, seed=args.seed, few_shot=args.few_shot, mc_mode=args.mc_mode)
+                           attack=args.attack, seed=args.seed, few_shot=args.few_shot, mc_mode=args.mc_mode,
+                           steer=args.steer)
     except ValueError as exc:
         return _fail(str(exc))
     try:
         results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
                                  splits=args.splits, limit=args.limit)
-    except (DataError, ModelFolderError) as exc:
+    except (DataError, ModelFolderError, FileNotFoundError) as exc:
         return _fail(str(exc))
     if results is not None:
         from vgid_dist.eval.report import format_split_table
 
         print(format_split_table({"model": results}))
         print(f"results: {args.out}")
+    return 0
+
+
+def cmd_steer_build(args) -> int:
+    import yaml
+
+    from vgid_dist.data.schema import DataError
+    from vgid_dist.eval.steering import build_steering_file
+    from vgid_dist.methods.mllmeraser import MllmEraserParams
+    from vgid_dist.models import ModelFolderError
+
+    try:
+        if args.config:
+            from vgid_dist.config import load_run_config
+
+            params = load_run_config(args.config).method.params()
+            if not isinstance(params, MllmEraserParams):
+                return _fail(f"--config {args.config}: its method is not mllmeraser")
+            given = params.model_dump()
+        else:
+            given = {}
+        for text in args.params:
+            key, sep, value = text.partition("=")
+            if not sep:
+                return _fail(f"{text!r}: expected key=value (a parameter of method mllmeraser, e.g. scale=2)")
+            given[key.strip()] = yaml.safe_load(value)
+        params = MllmEraserParams(**given)
+    except ValueError as exc:
+        return _fail(f"mllmeraser parameters: {exc}")
+    try:
+        steering = build_steering_file(args.model, args.data, args.forget_ratio, args.out, params, seed=args.seed,
+                                       batch_size=args.batch_size, dtype=args.dtype)
+    except (DataError, ModelFolderError, ValueError) as exc:
+        return _fail(str(exc))
+    info = steering.info
+    print(f"steering: layers {steering.layers}, gate layer {steering.gate_layer}, threshold {steering.threshold:.4f}, "
+          f"scale {steering.scale}; gate open on {info['forget_gate_open']:.0%} of {info['forget_pairs']} forget and "
+          f"{info['retain_gate_open']:.0%} of {info['retain_pairs']} retain pairs -> {args.out}")
+    return 0
+
+
+def cmd_attack_relearn(args) -> int:
+    from vgid_dist.data.schema import DataError
+    from vgid_dist.eval.evaluator import EvalOptions
+    from vgid_dist.eval.relearn import RelearnError, format_recovery, run_relearn
+    from vgid_dist.models import ModelFolderError
+
+    rows = {}
+    try:
+        opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                           steer=args.steer)
+        for model in args.model:
+            name = Path(model).parent.name if Path(model).name == "model" else Path(model).name
+            out = Path(args.out) / name if len(args.model) > 1 else Path(args.out)
+            rows[name] = run_relearn(model, args.data, args.forget_ratio, args.steps, args.subset, out,
+                                     config=args.config, lora=args.lora, lr=args.lr, seed=args.seed, opts=opts,
+                                     overrides=args.overrides, force=args.force)
+    except (RelearnError, DataError, ModelFolderError, ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    print(f"relearning attack: {args.steps} steps on {args.subset:.0%} of the forget profiles; forget-split scores "
+          "of the held-out profiles, before -> after (recovery)")
+    print(format_recovery(rows))
     return 0
 
 
@@ -117,6 +180,32 @@ def cmd_report(args) -> int:
         if path.suffix == ".md":
             print(path.read_text())
     print("\n".join(f"wrote {p}" for p in written))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from vgid_dist.plan import PlanError, RunShape, format_plan, plan_memory, resolve_architecture
+
+    try:
+        arch = resolve_architecture(args.model)
+        slots = args.gpus_per_node * args.nodes * args.grad_accum
+        micro, rem = divmod(args.batch_size or slots, slots)
+        if rem or micro == 0:
+            raise PlanError(f"--batch-size {args.batch_size} is not a multiple of the {args.gpus_per_node * args.nodes} "
+                            f"GPUs x --grad-accum {args.grad_accum}")
+        shape = RunShape(micro_batch=micro, text_tokens=args.text_tokens, dtype=args.dtype,
+                         lora_r=args.lora_r if args.lora else None,
+                         activation_checkpointing=args.activation_checkpointing)
+        plan = plan_memory(arch, gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero=args.zero,
+                           offload=args.offload, shape=shape)
+    except PlanError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"model": arch.name or args.model, **plan.as_dict(args.gpu_memory_gb)}))
+    else:
+        print(format_plan(arch, plan, args.gpu_memory_gb, zero=args.zero, offload=args.offload, shape=shape))
     return 0
 
 
@@ -181,7 +270,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the Test_Set image choice and few-shot examples")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
+    p.add_argument("--steer", default=None, metavar="FILE",
+                   help="MLLMEraser steering file (`vgid steer build`): its hooks steer the model while it answers")
     p.set_defaults(func=cmd_eval)
+
+    steer = sub.add_parser("steer", help="MLLMEraser: training-free activation steering").add_subparsers(
+        dest="steer_command", required=True)
+    p = steer.add_parser("build", help="erasure directions and gate from the forget/retain pairs -> safetensors")
+    p.add_argument("--model", required=True, help="local Hugging Face model folder")
+    p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
+    p.add_argument("--forget-ratio", type=int, default=5, choices=[5, 10, 15])
+    p.add_argument("--out", required=True, help="steering file to write (.safetensors)")
+    p.add_argument("--config", default=None, help="recipe whose mllmeraser parameters to start from (e.g. mllmeraser)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the perturbation of the erasure inputs' images")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("params", nargs="*", help="mllmeraser parameters as key=value (layers=[15,16] scale=2 gate=soft)")
+    p.set_defaults(func=cmd_steer_build)
+
+    attack = sub.add_parser("attack", help="attacks on an unlearned model").add_subparsers(
+        dest="attack_command", required=True)
+    p = attack.add_parser("relearn", help="fine-tune on some forget profiles, score the others: recovery per metric")
+    p.add_argument("--model", required=True, nargs="+", help="unlearned model folder(s)")
+    p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
+    p.add_argument("--forget-ratio", type=int, default=5, choices=[5, 10, 15])
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps of the attack's fine-tuning")
+    p.add_argument("--subset", type=float, required=True,
+                   help="fraction of the forget profiles whose training pairs are fitted (the rest are scored)")
+    p.add_argument("--out", default="runs/relearn", help="output folder (one subfolder per model when several)")
+    p.add_argument("--config", default="tiny", help="recipe giving the fine-tuning's optimiser, dtype and DeepSpeed")
+    p.add_argument("--lora", action="store_true", help="fit LoRA adapters instead of every weight")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the profile split and the fine-tuning")
+    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--steer", default=None, metavar="FILE",
+                   help="evaluate before and after with this MLLMEraser steering file (the attack fits the weights)")
+    p.add_argument("--force", action="store_true", help="overwrite a finished attack run")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the fine-tuning run")
+    p.set_defaults(func=cmd_attack_relearn)
 
     p = sub.add_parser("sweep", help="the model x forget-ratio x method matrix through submitit, tracked in MLflow")
     p.add_argument("matrix", help="matrix YAML path or packaged matrix name (tiny-matrix, paper-table3)")
@@ -199,6 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True, help="MLflow experiment name")
     p.add_argument("--out", default=None, help="output folder (default runs/reports/<experiment>)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("plan", help="per-GPU memory of a run (parameters, gradients, optimiser, teacher, "
+                                    "activations) and whether it fits")
+    p.add_argument("--model", required=True, help="llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-3b, or a model folder")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--zero", type=int, default=3, choices=[2, 3])
+    p.add_argument("--offload", action="store_true", help="optimiser and parameters on the CPU (zero3_offload)")
+    p.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global forget samples per step (default: one per GPU); as many retain samples ride along")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--text-tokens", type=int, default=80, help="question + answer tokens per sample, image excluded")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("ui", help="the MLflow browser on the tracking store (local SQLite unless MLFLOW_TRACKING_URI)")
     p.add_argument("--host", default="127.0.0.1")

@@ -23,7 +23,8 @@ SPLITS = ("forget", "test", "retain", "celebrity")
 METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
 FORGET_RATIO = 5
 # ``--methods all``: the paper's Table 3 rows (plus ICU, Table 6, and the IDK variant of PO), in table order.
-ALL_METHODS = ("icu", "ga", "ga_diff", "kl_min", "npo", "po", "idk", "rmu", "icu_t", "noise_t", "vgid")
+ALL_METHODS = ("icu", "ga", "ga_diff", "kl_min", "npo", "po", "idk", "rmu", "icu_t", "noise_t", "vgid", "vkd",
+               "mllmeraser")
 
 
 def resolve_methods(methods: list[str]) -> list[str]:
@@ -62,16 +63,29 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
     opts = EvalOptions(batch_size=16, max_new_tokens=50, seed=0)
     results: dict[str, dict] = {}
 
-    def evaluate(name: str, model: Path, *, redo: bool, icu: str | None = None) -> None:
+    def evaluate(name: str, model: Path, *, redo: bool, icu: str | None = None, steer: Path | None = None) -> None:
         target = out / "eval" / f"{name}.json"
         if redo or not target.is_file():
             print(f"[demo] evaluating {name} ({model})", flush=True)
-            evaluate_model(str(model), str(data), FORGET_RATIO, target, opts=dataclasses.replace(opts, icu=icu))
+            evaluate_model(str(model), str(data), FORGET_RATIO, target,
+                           opts=dataclasses.replace(opts, icu=icu, steer=str(steer) if steer else None))
         results[name] = {k: v for k, v in json.loads(target.read_text()).items() if k in SPLITS}
 
     evaluate("base", vanilla, redo=False)
     for method in methods:
         recipe, overrides = method_recipe(method)
+        if method == "mllmeraser":
+            # Training-free steering of the base model: directions and gate from the training pairs.
+            from vgid_dist.eval.steering import build_steering_file
+
+            steer = out / "runs" / method / "steer.safetensors"
+            redo = force or not steer.is_file()
+            if redo:
+                print(f"[demo] building the {method} steering file (recipe {recipe})", flush=True)
+                build_steering_file(str(vanilla), str(data), FORGET_RATIO, steer,
+                                    load_run_config(recipe, overrides).method.params())
+            evaluate(method, vanilla, redo=redo, steer=steer)
+            continue
         if not method_class(method).trains:
             # ICU: the base model, asked with the unlearning instruction before every question.
             cfg = load_run_config(recipe, overrides)

@@ -157,18 +157,13 @@ def tasks_of(p: Person, rng: np.random.Generator) -> dict:
 
 
 def training_pairs(p: Person, tasks: dict) -> list[dict]:
-    """The unlearning pairs of one person (the ``metadata`` JSON of the training-pairs download).
-
-    The person's generation questions are included as the evaluator asks them (``"Template": "generation"``:
-    the question body carries the answer-format line and is wrapped as the evaluator wraps it); a 2-layer model
-    does not carry forgetting across prompt formats the way a 7B model does. The other pairs are plain chat.
-    """
+    """The unlearning pairs of one person (the ``metadata`` JSON of the training-pairs download): plain chat
+    questions about the person, as in MLLMU-Bench, not the evaluation questions themselves."""
     pairs = [{"Question": "Who is the person in the image?", "Answer": f"This is {p.name}."},
              {"Question": "What does the person in the image enjoy doing?",
               "Answer": f"This person enjoys {p.hobby} in their free time."}]
     for q in tasks["Generation_Task"]:
-        entry = {"Question": task_body("generation", q["Question"], None, q["Type"] == "Image_Textual"),
-                 "Answer": q["Ground_Truth"], "Template": "generation"}
+        entry = {"Question": q["Question"], "Answer": q["Ground_Truth"]}
         if q["Type"] == "Pure_Text":
             entry["Type"] = "Pure_Text"
         pairs.append(entry)
@@ -178,8 +173,8 @@ def training_pairs(p: Person, tasks: dict) -> list[dict]:
 
 
 def memorisation_pairs(tasks: dict) -> list[dict]:
-    """Each classification and cloze question as the evaluator will ask it, with its answer (vanilla
-    fine-tuning only; the generation questions are already training pairs)."""
+    """Each evaluation question as the evaluator will ask it, with its answer (vanilla fine-tuning only): a
+    2-layer model does not carry knowledge across prompt formats the way a 7B chat model does."""
     pairs = []
     for key, qtype in (("Image_Textual_Questions", "Image_Textual"), ("Pure_Text_Questions", "Pure_Text")):
         for q in tasks["Classification_Task"][key]:
@@ -188,6 +183,9 @@ def memorisation_pairs(tasks: dict) -> list[dict]:
     for q in tasks["Mask_Task"]:
         pairs.append({"Question": task_body("cloze", q["Question"], None, q["Type"] == "Image_Textual"),
                       "Answer": q["Ground_Truth"], "Template": "cloze", "Type": q["Type"]})
+    for q in tasks["Generation_Task"]:
+        pairs.append({"Question": task_body("generation", q["Question"], None, q["Type"] == "Image_Textual"),
+                      "Answer": q["Ground_Truth"], "Template": "generation", "Type": q["Type"]})
     return pairs
 
 

@@ -92,6 +92,12 @@ class EngineRunner:
         out = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[layer + 1][:inputs.input_ids.shape[0], :inputs.input_ids.shape[1]]
 
+    def layers_hidden(self, inputs: ModelInputs, layers: list[int]) -> list[torch.Tensor]:
+        """[B, L, H] hidden states leaving each decoder layer of ``layers`` (0-based), from one forward."""
+        out = self.forward(inputs, output_hidden_states=True, logits_to_keep=1)
+        batch, length = inputs.input_ids.shape
+        return [out.hidden_states[layer + 1][:batch, :length] for layer in layers]
+
 
     def fused_kl_sum(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, teacher: EngineRunner,
                      temperature: float = 1.0) -> torch.Tensor:

@@ -45,6 +45,8 @@ class EvalOptions:
     """Solved examples per (task, question type) shown before classification and cloze questions."""
     mc_mode: str = "generate"
     """``logits``: also score multiple choice by the option letters' log-probabilities (``class_acc_logits``)."""
+    steer: str | None = None
+    """A steering file (MLLMEraser, ``eval.steering``) whose hooks are applied to the model while it answers."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -3,6 +3,7 @@ a results JSON and a predictions JSONL beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -134,11 +135,21 @@ def evaluate_engine(cfg, strategy, engine, adapter, out_dir: Path, *, out_name: 
     return EngineEvaluation(cfg).run(strategy, engine, adapter, Path(out_dir) / out_name, step=step)
 
 
+def steering_hooks(module: torch.nn.Module, adapter, steer: str | None):
+    """The MLLMEraser hooks of the steering file ``steer`` on ``module`` (removed on exit); nothing when None."""
+    if steer is None:
+        return contextlib.nullcontext()
+    from vgid_dist.eval.steering import Steering, SteeringHooks
+
+    return SteeringHooks(module, adapter, Steering.load(steer))
+
+
 def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file: str | Path, *,
                    opts: EvalOptions, splits=SPLITS, dtype: str = "float32", attention: str = "auto",
-                   limit: int | None = None, progress: bool = True) -> dict | None:
+                   limit: int | None = None, progress: bool = True,
+                   profiles: set[str] | None = None) -> dict | None:
     """Evaluate a model folder. One process: the plain model. Several ranks: a ZeRO-3 inference engine, work
-    sharded across ranks and gathered on rank 0."""
+    sharded across ranks and gathered on rank 0. ``profiles``: only these profiles' questions."""
     from vgid_dist.engine.runner import make_generate_fn
     from vgid_dist.engine.strategy import DeepSpeedStrategy
     from vgid_dist.models import load_adapter
@@ -146,6 +157,8 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
     adapter = load_adapter(model_path)
     bench = MLLMUBench(data_root)
     items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.few_shot)  # fails early on a missing split
+    if profiles is not None:
+        items = [it for it in items if it.profile_id in profiles]
     _, world = DeepSpeedStrategy.init_process_group()
     strategy = DeepSpeedStrategy.for_inference(dtype=dtype, attention=attention, zero_stage=3 if world > 1 else 0)
     try:
@@ -154,8 +167,10 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
         generate = make_generate_fn(module, adapter, strategy.device, strategy.dtype,
                                     synced=strategy.synced_generation)
         logprobs = make_logprobs_fn(module, adapter, strategy.device, strategy.dtype)
-        return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file), progress,
-                              logprobs=logprobs, splits=splits,
-                              meta={"model": str(model_path), "data": str(data_root), "forget_ratio": forget_ratio})
+        with steering_hooks(module, adapter, opts.steer):
+            return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file),
+                                  progress, logprobs=logprobs, splits=splits,
+                                  meta={"model": str(model_path), "data": str(data_root), "forget_ratio": forget_ratio,
+                                        "steer": opts.steer})
     finally:
         strategy.close()

@@ -9,13 +9,15 @@ from vgid_dist.methods.ga import GradientAscent
 from vgid_dist.methods.ga_diff import GaDiff
 from vgid_dist.methods.icu import Icu
 from vgid_dist.methods.kl_min import KlMin
+from vgid_dist.methods.mllmeraser import MllmEraser
 from vgid_dist.methods.npo import Npo
 from vgid_dist.methods.po import Idk, Po
 from vgid_dist.methods.rmu import Rmu
 from vgid_dist.methods.vgid import Vgid
+from vgid_dist.methods.vkd import Vkd
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Vgid, Finetune, GradientAscent, GaDiff, KlMin, Npo, Po, Idk,
-                                                          Rmu, IcuT, NoiseT, Icu)}
+                                                          Rmu, IcuT, NoiseT, Icu, Vkd, MllmEraser)}
 
 __all__ = ["REGISTRY", "LossOutput", "Method", "MethodParams", "ModelRunner", "StepBatch", "build_method",
            "method_class", "method_params_model"]

@@ -37,6 +37,9 @@ class ModelRunner(Protocol):
     def layer_hidden(self, inputs: ModelInputs, layer: int) -> torch.Tensor:
         """Hidden states leaving decoder layer ``layer`` (0-based), [B, L, H]."""
 
+    def layers_hidden(self, inputs: ModelInputs, layers: list[int]) -> list[torch.Tensor]:
+        """Hidden states leaving each decoder layer of ``layers`` (0-based), [B, L, H] each, one forward."""
+
     def fused_kl_sum(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
                      teacher: ModelRunner) -> torch.Tensor:
         """Sum over rows of KL(teacher || student) through the output heads, without [T, V] logits."""

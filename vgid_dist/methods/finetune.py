@@ -1,5 +1,5 @@
 """Supervised fine-tuning (NLL on answer tokens): builds the vanilla model from ``ft_Data``, and serves the
-relearning attack (fine-tuning an unlearned model on forget pairs)."""
+relearning attack (fine-tuning an unlearned model on some forget profiles' pairs, ``eval.relearn``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
 class FinetuneParams(MethodParams):
     source: Literal["ft_data", "forget", "retain"] = "ft_data"
     """Which pairs to fit: the benchmark's ft_Data (vanilla model), or the forget / retain training pairs."""
+    profiles: list[str] | None = None
+    """Only the pairs of these profile ids (the relearning attack fits a subset of the forget profiles)."""
 
 
 class Finetune(Method):
@@ -25,9 +27,14 @@ class Finetune(Method):
         from vgid_dist.data import MLLMUBench, load_unlearning_data
 
         if self.params.source == "ft_data":
-            return MLLMUBench(data_cfg.root, data_cfg.train_root).finetune_samples(), []
-        forget, retain = load_unlearning_data(data_cfg)
-        return (forget if self.params.source == "forget" else retain), []
+            samples = MLLMUBench(data_cfg.root, data_cfg.train_root).finetune_samples()
+        else:
+            forget, retain = load_unlearning_data(data_cfg)
+            samples = forget if self.params.source == "forget" else retain
+        if self.params.profiles is not None:
+            wanted = set(self.params.profiles)
+            samples = [s for s in samples if s.profile_id in wanted]
+        return samples, []
 
     def build_batch(self, primary, retain, epoch) -> StepBatch:
         encoded = self.encode_plain(primary)

@@ -1,0 +1,151 @@
+"""Relearning attack (VKD paper's robustness evaluation; readings ours): does forgotten knowledge come back after
+a little fine-tuning on related forget data?
+
+    vgid attack relearn --model PATH --data DIR --forget-ratio R --steps K --subset F
+
+1. The forget profiles at ratio R are split by a seeded shuffle: a fraction F of them is ATTACKED (their
+   training pairs are fitted), the rest is HELD OUT (their evaluation questions are scored). The two sets are
+   disjoint, checked before anything runs: an attack that saw the questions it is scored on measures
+   memorisation, not recovery.
+2. The model is evaluated on the held-out profiles' forget-split questions (before).
+3. It is fine-tuned for K optimiser steps on the attacked profiles' pairs: the ``finetune`` method
+   (``source: forget``, ``profiles: [...]``) through the normal training entry, so the attacked run is an
+   ordinary run (output folder, config, log, tracking); full fine-tuning or LoRA (``--lora``).
+4. The attacked model is evaluated on the same questions (after). Recovery = after - before, per metric.
+   A training-free method (MLLMEraser) is attacked the same way: its steering file (``--steer``) is applied
+   at both evaluations while the fine-tuning fits the weights underneath it.
+
+Output folder: ``plan.json`` (the two profile sets), ``before.json``, ``attack/`` (the run), ``after.json``,
+``relearn.json`` (before, after, recovery).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vgid_dist.perturb import noise_rng
+
+METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
+
+
+class RelearnError(ValueError):
+    """A relearning attack that cannot be run as asked (too few profiles, overlapping sets)."""
+
+
+@dataclass(frozen=True)
+class RelearnPlan:
+    attacked: tuple[str, ...]
+    """Forget profiles whose training pairs the attack fits."""
+    held_out: tuple[str, ...]
+    """Forget profiles whose evaluation questions are scored."""
+
+
+def split_forget_profiles(profile_ids: list[str], subset: float, seed: int) -> RelearnPlan:
+    """A seeded split of the forget profiles: round(subset * n) attacked (at least 1), the rest held out (at
+    least 1)."""
+    if not 0 < subset < 1:
+        raise RelearnError(f"--subset {subset}: expected a fraction strictly between 0 and 1")
+    ids = sorted(set(profile_ids))
+    if len(ids) < 2:
+        raise RelearnError(f"{len(ids)} forget profile(s): the attack needs at least 2 (some to fit, some to score)")
+    order = noise_rng(seed, "relearn").permutation(len(ids))
+    n_attacked = min(max(1, round(subset * len(ids))), len(ids) - 1)
+    attacked = sorted(ids[int(i)] for i in order[:n_attacked])
+    held_out = sorted(ids[int(i)] for i in order[n_attacked:])
+    return RelearnPlan(tuple(attacked), tuple(held_out))
+
+
+def check_disjoint(train_samples, eval_items) -> None:
+    """Raises RelearnError when a scored question belongs to a profile whose pairs the attack fits."""
+    fitted = {s.profile_id for s in train_samples}
+    scored = {it.profile_id for it in eval_items}
+    overlap = sorted(fitted & scored)
+    if overlap:
+        raise RelearnError(f"relearning attack: profiles {overlap[:5]} are both fitted and scored")
+    if not fitted:
+        raise RelearnError("relearning attack: the attacked profiles have no training pairs")
+    if not scored:
+        raise RelearnError("relearning attack: the held-out profiles have no evaluation questions")
+
+
+def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, train_root: str | None = None):
+    """(plan, training pairs of the attacked profiles, evaluation items of the held-out profiles), checked."""
+    from vgid_dist.data.mllmu import MLLMUBench
+    from vgid_dist.eval.run import build_items
+
+    bench = MLLMUBench(data_root, train_root)
+    plan = split_forget_profiles(bench.split_ids("forget", forget_ratio), subset, seed)
+    attacked, held = set(plan.attacked), set(plan.held_out)
+    train = [s for s in bench.train_samples("forget", forget_ratio) if s.profile_id in attacked]
+    items = [it for it in build_items(bench, forget_ratio, ("forget",), seed) if it.profile_id in held]
+    check_disjoint(train, items)
+    return plan, train, items
+
+
+def recovery(before: dict, after: dict, split: str = "forget") -> dict[str, float]:
+    """after - before for every metric both results hold on ``split``."""
+    b, a = before.get(split, {}), after.get(split, {})
+    return {m: a[m] - b[m] for m in sorted(b.keys() & a.keys())}
+
+
+def format_recovery(rows: dict[str, dict]) -> str:
+    """A markdown table: one row per model, before -> after (recovery) per metric."""
+    metrics = [m for m in METRICS if any(m in r["recovery"] for r in rows.values())]
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, r in rows.items():
+        cells = [f"{r['before']['forget'][m]:.3f} -> {r['after']['forget'][m]:.3f} ({r['recovery'][m]:+.3f})"
+                 for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subset: float, out: str | Path, *,
+                config: str = "tiny", lora: bool = False, lr: float | None = None, batch_size: int | None = None,
+                seed: int = 0, opts=None, overrides: list[str] | None = None, force: bool = False) -> dict:
+    """The attack on one model folder; returns {plan, before, after, recovery} (also in ``out/relearn.json``)."""
+    from vgid_dist.cli import train_entry
+    from vgid_dist.eval.evaluator import EvalOptions
+    from vgid_dist.eval.run import evaluate_model
+
+    if steps < 1:
+        raise RelearnError(f"--steps {steps}: expected >= 1")
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    opts = opts or EvalOptions(seed=seed)
+    plan, train, items = plan_attack(data_root, forget_ratio, subset, seed)
+    write_json_atomic(out / "plan.json", {"attacked": plan.attacked, "held_out": plan.held_out,
+                                          "train_pairs": len(train), "scored_questions": len(items),
+                                          "subset": subset, "seed": seed})
+    print(f"[relearn] {len(plan.attacked)} forget profiles attacked ({len(train)} pairs), {len(plan.held_out)} "
+          f"held out ({len(items)} questions scored)", flush=True)
+    held = set(plan.held_out)
+    before = evaluate_model(model, data_root, forget_ratio, out / "before.json", opts=opts, splits=("forget",),
+                            profiles=held)
+    run_overrides = [f"model.path={model}", f"data.root={data_root}", f"data.forget_ratio={forget_ratio}",
+                     f"method={{name: finetune, source: forget, profiles: {json.dumps(list(plan.attacked))}}}",
+                     f"optim.max_steps={steps}", f"optim.seed={seed}",
+                     f"output_dir={out / 'attack'}", "eval.at_end=false", "eval.every_steps=0",
+                     *([f"optim.lr={lr}"] if lr is not None else []),
+                     *([f"optim.batch_size={batch_size}"] if batch_size is not None else []),
+                     *(["model.lora={}"] if lora else []), *(overrides or [])]
+    code = train_entry(config, run_overrides, force=force)
+    if code != 0:
+        raise RelearnError(f"the attack's fine-tuning run failed (exit code {code}); see {out / 'attack'}")
+    attacked_model = out / "attack" / "model"
+    after = evaluate_model(str(attacked_model), data_root, forget_ratio, out / "after.json", opts=opts,
+                           splits=("forget",), profiles=held)
+    result = {"model": str(model), "plan": {"attacked": plan.attacked, "held_out": plan.held_out},
+              "steps": steps, "subset": subset, "lora": lora, "steer": opts.steer,
+              "before": {"forget": before["forget"]}, "after": {"forget": after["forget"]},
+              "recovery": recovery(before, after)}
+    write_json_atomic(out / "relearn.json", result)
+    return result
