@@ -106,7 +106,7 @@ def cmd_steer_build(args) -> int:
             key, sep, value = text.partition("=")
             if not sep:
                 return _fail(f"{text!r}: expected key=value (a parameter of method mllmeraser, e.g. scale=2)")
-            given[key.strip()] = yaml.safe_load(value)
+            given[key.strip().removeprefix("method.")] = yaml.safe_load(value)  # as in training overrides
         params = MllmEraserParams(**given)
     except ValueError as exc:
         return _fail(f"mllmeraser parameters: {exc}")
