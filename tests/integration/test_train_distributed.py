@@ -22,7 +22,9 @@ def recipe(tmp_path_factory, tiny_llava, bench_dir) -> Path:
     path = tmp_path_factory.mktemp("recipes") / "it.yaml"
     path.write_text(yaml.safe_dump({
         "extends": "tiny", "model": {"path": str(tiny_llava)}, "data": {"root": str(bench_dir)},
-        "optim": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "schedule": "constant"}}))
+        # eps 1e-3: the student starts equal to the base, so the first gradients are tiny, and Adam with its
+        # usual eps (1e-8) would turn their rounding (which differs with the rank count) into full-size updates.
+        "optim": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "eps": 1e-3, "schedule": "constant"}}))
     return path
 
 
@@ -58,11 +60,10 @@ def one_rank(recipe, tmp_path_factory) -> Path:
 
 
 def assert_same_updates(w1: dict, w2: dict) -> None:
-    """Equal within 1e-4 after 3 Adam steps of lr 1e-2 (each weight moves ~0.03): Adam divides by the
-    gradient's own scale, so the summation-order rounding of a gradient element near zero becomes an update
-    difference of a small fraction of lr; a rank's data missing from the gradient moves weights by ~lr."""
+    """Equal up to summation-order rounding; a rank's data missing from the gradient would show as an update
+    difference of the update's own size (~1e-3 here)."""
     for name in w1:
-        assert torch.allclose(w1[name], w2[name], atol=1e-4), (name, (w1[name] - w2[name]).abs().max().item())
+        assert torch.allclose(w1[name], w2[name], atol=1e-5), (name, (w1[name] - w2[name]).abs().max().item())
 
 
 def test_two_zero3_ranks_match_one_rank(recipe, one_rank, tmp_path):
@@ -138,10 +139,8 @@ def test_fused_kl_matches_the_logits_path_on_two_zero3_ranks(recipe, tmp_path):
     """The fused KL reads the partitioned lm_head through the module (gathered for forward and backward):
     same loss and same updated weights as the path that builds logits."""
     for fused in ("true", "false"):
-        train(recipe, tmp_path / fused, "max_steps=2", "optim.lr=1e-4", f"method.fused_kl={fused}", ranks=2)
+        train(recipe, tmp_path / fused, "max_steps=2", f"method.fused_kl={fused}", ranks=2)
     # abs: the first step's KL is ~1e-4 (student = base), computed by two formulas that round differently
     assert losses(tmp_path / "true") == pytest.approx(losses(tmp_path / "false"), rel=1e-5, abs=1e-7)
     w_fused, w_logits = weights(tmp_path / "true"), weights(tmp_path / "false")
-    for name in w_fused:
-        # Adam turns gradient rounding differences into update differences of at most a fraction of lr
-        assert torch.allclose(w_fused[name], w_logits[name], atol=2e-5), name
+    assert_same_updates(w_fused, w_logits)
