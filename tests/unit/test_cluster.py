@@ -52,9 +52,10 @@ def test_tiny_matrix_is_four_short_cpu_cells(tmp_path):
 def test_paper_matrix_covers_table3(tmp_path):
     matrix, path = load_matrix("paper-table3")
     cells = expand(matrix, path, tmp_path)
-    assert len(cells) == 3 * 3 * 9
+    assert len(cells) == 3 * 3 * 10
     assert {c.model for c in cells} == {"llava-1.5-7b", "llava-1.5-13b", "qwen2.5-vl-3b"}
-    assert {c.method for c in cells} == {"ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid"}
+    assert {c.method for c in cells} == {"ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid",
+                                         "vkd"}
     for cell in cells:
         r = cell.resources
         assert r["tasks_per_node"] == r["gpus_per_node"] == 4  # one task per GPU
