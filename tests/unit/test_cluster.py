@@ -59,7 +59,8 @@ def test_paper_matrix_covers_table3(tmp_path):
     for cell in cells:
         r = cell.resources
         assert r["tasks_per_node"] == r["gpus_per_node"] == 4  # one task per GPU
-        assert cell.attacks == (("reverse",) if (cell.method, cell.forget_ratio) == ("vgid", 5) else ())
+        assert cell.attacks == (("reverse", "relearn") if (cell.method, cell.forget_ratio) == ("vgid", 5)
+                                else ("relearn",))
     by_model = {c.model: c.resources["time_min"] for c in cells}
     assert by_model["llava-1.5-13b"] > by_model["llava-1.5-7b"] > by_model["qwen2.5-vl-3b"]
     cfg = load_run_config(cells[0].recipe, list(cells[0].overrides))
@@ -159,3 +160,11 @@ def test_job_callables_requeue_themselves():
     ref = ReferenceTask(name="r", model="tiny", forget_ratio=5, recipe="tiny", overrides=[], folder="/y",
                         evaluations=[("base", None)], icu_style="strict", parent_run_id="p")
     assert ref.checkpoint().function is ref
+
+
+def test_relearn_attack_runs_on_every_paper_cell_and_never_on_the_references(tmp_path):
+    matrix, path = load_matrix("paper-table3")
+    cells = expand(matrix, path, tmp_path)
+    assert all("relearn" in cell.attacks for cell in cells)
+    assert matrix.relearn.steps >= 1 and 0 < matrix.relearn.subset < 1
+    assert all(attack != "relearn" for ref in reference_jobs(matrix, path, tmp_path) for _, attack in ref.evaluations)

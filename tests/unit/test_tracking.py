@@ -149,3 +149,25 @@ def test_report_tables_from_tracked_runs(tmp_path):
     row = next(line for line in table6.splitlines() if line.startswith("| vgid |"))
     assert "w/o attack: Forget Gen RL" in table6 and "w/ attack: Forget Gen RL" in table6
     assert "0.300" in row and "0.350" in row  # without, then with the attack
+
+
+def test_relearning_table_from_tracked_runs(tmp_path):
+    runs = [
+        _run("v", "vgid", 5, {"forget/gen_rougeL": 0.2, "relearn_before/forget/gen_rougeL": 0.25,
+                              "relearn_after/forget/gen_rougeL": 0.6, "relearn_before/forget/class_acc": 0.5,
+                              "relearn_after/forget/class_acc": 0.5}),
+        _run("g", "ga", 5, {"forget/gen_rougeL": 0.7, "relearn_before/forget/gen_rougeL": 0.8,
+                            "relearn_after/forget/gen_rougeL": 0.75}),
+        _run("n", "npo", 5, {"forget/gen_rougeL": 0.5}),  # trained without the attack: no row
+    ]
+    written = write_report_files(collect(runs), "exp", tmp_path)
+    assert tmp_path / "relearn.md" in written and not (tmp_path / "table6.md").exists()  # not a Table 6 attack
+    lines = (tmp_path / "relearn.md").read_text().splitlines()
+    assert "**tiny, forget 5%**" in lines
+    header = next(line for line in lines if line.startswith("| Method |"))
+    assert header.split(" | ")[1:3] == ["gen_rougeL", "gen_bleu"]
+    ga = next(line for line in lines if line.startswith("| ga |"))
+    vgid = next(line for line in lines if line.startswith("| vgid |"))
+    assert "0.800 -> 0.750 (-0.050)" in ga
+    assert "0.250 -> 0.600 (+0.350)" in vgid and "0.500 -> 0.500 (+0.000)" in vgid and "| - |" in vgid
+    assert lines.index(ga) < lines.index(vgid) and not any(line.startswith("| npo |") for line in lines)

@@ -82,11 +82,24 @@ class MethodEntry(_Strict):
     resources: Resources = Resources()
 
 
+class RelearnSpec(_Strict):
+    """The relearning attack run after a cell's training when its attacks hold ``relearn`` (``vgid attack
+    relearn`` on the cell's model): fine-tune on a fraction of the forget profiles, score the others."""
+
+    steps: int = Field(10, ge=1)
+    subset: float = Field(0.34, gt=0, lt=1)
+    """Fraction of the forget profiles whose training pairs are fitted (the rest are scored)."""
+    lora: bool = False
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of the attack (default: the cell recipe's)."""
+    seed: int = 0
+
+
 class CellRule(_Strict):
     match: dict[Literal["model", "forget_ratio", "method", "seed"], str | int]
     overrides: list[str] = []
     resources: Resources = Resources()
-    attacks: list[Literal["reverse"]] | None = None
+    attacks: list[Literal["reverse", "relearn"]] | None = None
 
 
 class Matrix(_Strict):
@@ -103,10 +116,12 @@ class Matrix(_Strict):
     """Evaluations of each untouched model per forget ratio, logged on the sweep's parent run: ``base`` (plain)
     and ``icu`` (the unlearning instruction before every question, no training)."""
     icu_style: Literal["declarative", "polite", "strict"] = "strict"
-    attacks: list[Literal["reverse"]] = []
-    """Also evaluate every trained cell under these attacks (Table 6); cell rules may change it per cell."""
+    attacks: list[Literal["reverse", "relearn"]] = []
+    """Also evaluate every trained cell under these attacks: ``reverse`` (Table 6), ``relearn`` (the relearning
+    attack, see ``relearn``); cell rules may change it per cell."""
+    relearn: RelearnSpec = RelearnSpec()
     reference_attacks: list[Literal["reverse"]] | None = None
-    """Attacks for the reference evaluations (default: ``attacks``)."""
+    """Attacks for the reference evaluations (default: ``attacks`` other than ``relearn``, which needs training)."""
     env: dict[str, str] = {}
     """Environment of every job (set before anything is imported there, e.g. OMP_NUM_THREADS)."""
     resources: Resources = Resources()
@@ -276,7 +291,8 @@ def expand(matrix: Matrix, matrix_file: Path, root: Path, extra: list[str] = ())
 def reference_jobs(matrix: Matrix, matrix_file: Path, root: Path, extra: list[str] = ()) -> list[ReferenceJob]:
     if not matrix.reference:
         return []
-    attacks = matrix.attacks if matrix.reference_attacks is None else matrix.reference_attacks
+    attacks = ([a for a in matrix.attacks if a != "relearn"] if matrix.reference_attacks is None
+               else matrix.reference_attacks)
     evaluations = tuple((name, attack) for attack in (None, *attacks) for name in matrix.reference)
     jobs = []
     for model, m in matrix.models.items():

@@ -7,6 +7,7 @@ come from the reference evaluations on the sweep's parent run (``ref/<model>/fr<
 Written to the output folder:
   table3.md                           one Table 3 per model and forget ratio
   table6.md                           without and with the attack, forget and test sets (when attack results exist)
+  relearn.md                          relearning attack: held-out forget profiles before -> after (when run)
   tradeoff-<model>-fr<ratio>.png      forgetting vs utility (when a Base row exists)
   results.json                        {model: {forget_ratio: {row: {split: {metric: value}}}}}
 """
@@ -97,6 +98,24 @@ def collect(runs: list[RunRecord]) -> dict[tuple[str, int], dict[str, dict[str, 
     return {k: {a: dict(rows) for a, rows in v.items()} for k, v in table.items()}
 
 
+# Evaluations logged by the relearning attack (cluster.tasks.CellTask._relearn): not attacks of Table 6.
+RELEARN_BEFORE, RELEARN_AFTER = "relearn_before", "relearn_after"
+RELEARN_METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
+
+
+def relearn_markdown(before: dict[str, dict], after: dict[str, dict], title: str) -> str:
+    """Rows = methods; per metric, the held-out forget profiles' score before -> after the attack (recovery).
+    ``before``/``after``: {row: {"forget": {metric: value}}}."""
+    lines = [f"**{title}**", "", "| Method | " + " | ".join(RELEARN_METRICS) + " |",
+             "|---|" + "---|" * len(RELEARN_METRICS)]
+    for row in ordered(after):
+        b, a = before.get(row, {}).get("forget", {}), after[row].get("forget", {})
+        cells = [f"{b[m]:.3f} -> {a[m]:.3f} ({a[m] - b[m]:+.3f})" if m in a and m in b else "-"
+                 for m in RELEARN_METRICS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ordered(rows: dict[str, Any]) -> dict[str, Any]:
     known = [r for r in ROW_ORDER if r in rows]
     return {r: rows[r] for r in known + sorted(set(rows) - set(known))}
@@ -122,6 +141,7 @@ def write_report_files(data: dict[tuple[str, int], dict[str, dict[str, dict]]], 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     t3, t6 = [f"# {experiment}: Table 3", ""], [f"# {experiment}: Table 6 (attacks)", ""]
+    relearn = [f"# {experiment}: relearning attack (held-out forget profiles, before -> after)", ""]
     for model, ratio in sorted(data):
         by_attack = data[(model, ratio)]
         plain = ordered(by_attack.get(PLAIN, {}))
@@ -129,7 +149,10 @@ def write_report_files(data: dict[tuple[str, int], dict[str, dict[str, dict]]], 
             t3 += [table3_markdown(plain, title=f"{model}, forget {ratio}%"), ""]
             if "base" in plain and "forget" in plain["base"] and "gen_rougeL" in plain["base"]["forget"]:
                 written.append(tradeoff_figure(plain, out_dir / f"tradeoff-{model}-fr{ratio}.png"))
-        for attack in sorted(a for a in by_attack if a != PLAIN):
+        if RELEARN_AFTER in by_attack:
+            relearn += [relearn_markdown(by_attack.get(RELEARN_BEFORE, {}), by_attack[RELEARN_AFTER],
+                                         f"{model}, forget {ratio}%"), ""]
+        for attack in sorted(a for a in by_attack if a not in (PLAIN, RELEARN_BEFORE, RELEARN_AFTER)):
             # Rows that were evaluated under the attack, each beside its evaluation without it.
             rows = {r: {"w/o": plain.get(r, {}), "w/": res} for r, res in ordered(by_attack[attack]).items()}
             t6 += [table6_markdown(rows, title=f"{model}, forget {ratio}% ({attack} attack)"), ""]
@@ -138,6 +161,9 @@ def write_report_files(data: dict[tuple[str, int], dict[str, dict[str, dict]]], 
     if len(t6) > 2:
         (out_dir / "table6.md").write_text("\n".join(t6))
         written.insert(1, out_dir / "table6.md")
+    if len(relearn) > 2:
+        (out_dir / "relearn.md").write_text("\n".join(relearn))
+        written.insert(1, out_dir / "relearn.md")
     serial = {m: {} for m, _ in data}
     for (model, ratio), by_attack in data.items():
         serial[model][str(ratio)] = {a or "plain": ordered(rows) for a, rows in by_attack.items()}

@@ -188,7 +188,7 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
             run_id = _child_run(tracker, exp_id, parent_id, cell, run_id)
         task = CellTask(name=cell.name, recipe=cell.recipe, overrides=list(cell.overrides),
                         output_dir=str(cell.output_dir), env=_job_env(plan, tracker, parent_id, cell.model),
-                        attacks=list(cell.attacks))
+                        attacks=list(cell.attacks), relearn=plan.matrix.relearn.model_dump())
         record[cell.name] = {"state": "submitted", "run_id": run_id, "output_dir": str(cell.output_dir)}
         queue.append((cell.name, task, cell.resources))
     for ref in plan.references:

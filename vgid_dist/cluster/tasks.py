@@ -39,6 +39,8 @@ class CellTask:
     output_dir: str
     env: dict[str, str] = field(default_factory=dict)
     attacks: list[str] = field(default_factory=list)
+    relearn: dict = field(default_factory=dict)
+    """The matrix's ``relearn`` settings (steps, subset, lora, lr, seed), used when ``attacks`` holds it."""
     force: bool = False
 
     def __call__(self) -> dict:
@@ -62,7 +64,10 @@ class CellTask:
                 raise RuntimeError(f"cell {self.name}: training exited with code {code} (the error is above in "
                                    "this log)")
         for attack in self.attacks:
-            self._evaluate_attack(attack, rank)
+            if attack == "relearn":
+                self._relearn(rank)
+            else:
+                self._evaluate_attack(attack, rank)
         return {"cell": self.name, "rank": rank, "world_size": world, "output_dir": str(out)}
 
     def _evaluate_attack(self, attack: str, rank: int) -> None:
@@ -88,6 +93,38 @@ class CellTask:
                 tracker = tracking.Tracker()
                 tracker.log_eval(run_id, json.loads(target.read_text()), attack=attack)
                 tracker.log_files(run_id, [target, target.with_name(f"eval-{attack}.predictions.jsonl")], "eval")
+
+    def _relearn(self, rank: int) -> None:
+        """The relearning attack on the cell's model (``<output_dir>/relearn/``); every rank takes part in its
+        fine-tuning and evaluations. Rank 0 logs the held-out profiles' forget scores before and after as
+        ``relearn_before/forget/<metric>`` and ``relearn_after/forget/<metric>`` on the cell's run."""
+        from vgid_dist.assets import resolve_assets
+        from vgid_dist.config import load_run_config
+        from vgid_dist.eval.evaluator import EvalOptions
+        from vgid_dist.eval.relearn import run_relearn
+
+        cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
+        out = cfg.resolved_output_dir()
+        target = out / "relearn" / "relearn.json"
+        spec = self.relearn
+        if target.is_file():
+            result = json.loads(target.read_text())
+        else:
+            opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                               seed=spec.get("seed", 0))
+            result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.get("steps", 10),
+                                 spec.get("subset", 0.34), out / "relearn", config=self.recipe,
+                                 lora=spec.get("lora", False), lr=spec.get("lr"), seed=spec.get("seed", 0),
+                                 opts=opts, force=True)
+        if rank == 0 and result:
+            from vgid_dist import tracking
+
+            run_id = tracking.read_run_id(out)
+            if tracking.enabled() and run_id:
+                tracker = tracking.Tracker()
+                tracker.log_eval(run_id, result["before"], attack="relearn_before")
+                tracker.log_eval(run_id, result["after"], attack="relearn_after")
+                tracker.log_files(run_id, [target], "relearn")
 
     def checkpoint(self, *args, **kwargs):
         import submitit.helpers

@@ -111,7 +111,8 @@ def write_json_atomic(path: Path, data) -> None:
 def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subset: float, out: str | Path, *,
                 config: str = "tiny", lora: bool = False, lr: float | None = None, batch_size: int | None = None,
                 seed: int = 0, opts=None, overrides: list[str] | None = None, force: bool = False) -> dict:
-    """The attack on one model folder; returns {plan, before, after, recovery} (also in ``out/relearn.json``)."""
+    """The attack on one model folder; returns {plan, before, after, recovery} (also in ``out/relearn.json``) on
+    rank 0, {} on the other ranks of a distributed run."""
     from vgid_dist.cli import train_entry
     from vgid_dist.eval.evaluator import EvalOptions
     from vgid_dist.eval.run import evaluate_model
@@ -122,9 +123,10 @@ def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subse
     out.mkdir(parents=True, exist_ok=True)
     opts = opts or EvalOptions(seed=seed)
     plan, train, items = plan_attack(data_root, forget_ratio, subset, seed)
-    write_json_atomic(out / "plan.json", {"attacked": plan.attacked, "held_out": plan.held_out,
-                                          "train_pairs": len(train), "scored_questions": len(items),
-                                          "subset": subset, "seed": seed})
+    if int(os.environ.get("RANK", "0")) == 0:  # every rank plans the same split; one writes it
+        write_json_atomic(out / "plan.json", {"attacked": plan.attacked, "held_out": plan.held_out,
+                                              "train_pairs": len(train), "scored_questions": len(items),
+                                              "subset": subset, "seed": seed})
     print(f"[relearn] {len(plan.attacked)} forget profiles attacked ({len(train)} pairs), {len(plan.held_out)} "
           f"held out ({len(items)} questions scored)", flush=True)
     held = set(plan.held_out)
@@ -143,6 +145,8 @@ def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subse
     attacked_model = out / "attack" / "model"
     after = evaluate_model(str(attacked_model), data_root, forget_ratio, out / "after.json", opts=opts,
                            splits=("forget",), profiles=held)
+    if before is None or after is None:
+        return {}  # ranks other than 0 of a distributed run: the results are gathered on rank 0
     result = {"model": str(model), "plan": {"attacked": plan.attacked, "held_out": plan.held_out},
               "steps": steps, "subset": subset, "lora": lora, "steer": opts.steer,
               "before": {"forget": before["forget"]}, "after": {"forget": after["forget"]},
