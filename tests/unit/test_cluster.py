@@ -68,7 +68,8 @@ def test_paper_matrix_covers_table3(tmp_path):
     assert (cfg.optim.lr, cfg.optim.batch_size, cfg.optim.epochs, cfg.data.max_length) == (2e-5, 4, 1.0, 384)
     refs = reference_jobs(matrix, path, tmp_path)
     assert len(refs) == 9
-    assert set(refs[0].evaluations) == {("base", None), ("icu", None), ("base", "reverse"), ("icu", "reverse")}
+    assert set(refs[0].evaluations) == {(name, attack) for name in ("base", "icu", "mllmeraser")
+                                        for attack in (None, "reverse")}
 
 
 @pytest.mark.parametrize("name", packaged_matrices())

@@ -112,9 +112,10 @@ class Matrix(_Strict):
     methods: dict[str, MethodEntry]
     seeds: list[int] | None = None
     overrides: list[str] = []
-    reference: list[Literal["base", "icu"]] = []
-    """Evaluations of each untouched model per forget ratio, logged on the sweep's parent run: ``base`` (plain)
-    and ``icu`` (the unlearning instruction before every question, no training)."""
+    reference: list[Literal["base", "icu", "mllmeraser"]] = []
+    """Evaluations of each untouched model per forget ratio, logged on the sweep's parent run: ``base`` (plain),
+    ``icu`` (the unlearning instruction before every question) and ``mllmeraser`` (activation steering: its
+    file is built in the job from the forget/retain training pairs, then applied); none of them trains."""
     icu_style: Literal["declarative", "polite", "strict"] = "strict"
     attacks: list[Literal["reverse", "relearn"]] = []
     """Also evaluate every trained cell under these attacks: ``reverse`` (Table 6), ``relearn`` (the relearning

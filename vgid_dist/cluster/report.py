@@ -23,7 +23,8 @@ from vgid_dist.eval.report import table3_markdown, table6_markdown, tradeoff_fig
 from vgid_dist.tracking import KIND_TAG, SPLITS, RunRecord, Tracker, TrackingError
 
 # Table 3's row order in the paper; other methods follow alphabetically.
-ROW_ORDER = ["base", "icu", "ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid"]
+ROW_ORDER = ["base", "icu", "ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid", "vkd",
+             "mllmeraser"]
 PLAIN = ""  # the evaluation without attack
 
 

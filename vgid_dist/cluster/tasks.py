@@ -162,8 +162,10 @@ class ReferenceTask:
         for name, attack in self.evaluations:
             target = folder / (f"{name}-{attack}.json" if attack else f"{name}.json")
             if not target.is_file():
+                steer = self._steering_file(cfg, rank) if name == "mllmeraser" else None
                 opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                   icu=self.icu_style if name == "icu" else None, attack=attack, seed=cfg.optim.seed)
+                                   icu=self.icu_style if name == "icu" else None, attack=attack, seed=cfg.optim.seed,
+                                   steer=steer)
                 evaluate_model(cfg.model.path, cfg.data.root, self.forget_ratio, target, opts=opts,
                                splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
                                limit=cfg.eval.limit)
@@ -171,6 +173,26 @@ class ReferenceTask:
             if rank == 0:
                 log_reference(self.parent_run_id, self.model, self.forget_ratio, name, attack, target)
         return {"job": self.name, "rank": rank, "world_size": world, "results": done}
+
+    def _steering_file(self, cfg, rank: int, wait_s: float = 3600.0) -> str:
+        """MLLMEraser's steering file for this model and forget ratio (method defaults), built once by rank 0
+        in one process; the other ranks wait for it (no process group exists yet to wait on)."""
+        import time
+
+        from vgid_dist.eval.steering import build_steering_file
+        from vgid_dist.methods.mllmeraser import MllmEraserParams
+
+        path = Path(self.folder) / "mllmeraser.safetensors"
+        if rank == 0 and not path.is_file():
+            # Steering.save writes a temporary file and renames it: the other ranks never see a partial one.
+            build_steering_file(cfg.model.path, cfg.data.root, self.forget_ratio, path, MllmEraserParams(),
+                                seed=cfg.optim.seed, batch_size=cfg.eval.batch_size, dtype=cfg.model.dtype)
+        deadline = time.monotonic() + wait_s
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {rank}: {path} not written by rank 0 within {wait_s:.0f} s")
+            time.sleep(2.0)
+        return str(path)
 
     def checkpoint(self, *args, **kwargs):
         import submitit.helpers
