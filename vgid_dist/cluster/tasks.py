@@ -99,6 +99,7 @@ class CellTask:
         fine-tuning and evaluations. Rank 0 logs the held-out profiles' forget scores before and after as
         ``relearn_before/forget/<metric>`` and ``relearn_after/forget/<metric>`` on the cell's run."""
         from vgid_dist.assets import resolve_assets
+        from vgid_dist.cluster.matrix import RelearnSpec
         from vgid_dist.config import load_run_config
         from vgid_dist.eval.evaluator import EvalOptions
         from vgid_dist.eval.relearn import run_relearn
@@ -106,15 +107,14 @@ class CellTask:
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
         out = cfg.resolved_output_dir()
         target = out / "relearn" / "relearn.json"
-        spec = self.relearn
+        spec = RelearnSpec(**self.relearn)  # the matrix's settings; its defaults where none were given
         if target.is_file():
             result = json.loads(target.read_text())
         else:
             opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                               seed=spec.get("seed", 0))
-            result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.get("steps", 10),
-                                 spec.get("subset", 0.34), out / "relearn", config=self.recipe,
-                                 lora=spec.get("lora", False), lr=spec.get("lr"), seed=spec.get("seed", 0),
+                               seed=spec.seed)
+            result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.steps, spec.subset,
+                                 out / "relearn", config=self.recipe, lora=spec.lora, lr=spec.lr, seed=spec.seed,
                                  opts=opts, force=True)
         if rank == 0 and result:
             from vgid_dist import tracking

@@ -105,3 +105,22 @@ class Method:
     @staticmethod
     def count_tokens(encoded) -> int:
         return sum(len(e.answer_ids) for e in encoded)
+
+
+class InferenceOnlyMethod(Method):
+    """A method that changes how the base model is asked, not its weights (ICU, MLLMEraser): a row like any
+    other in the demo and the matrix, its parameters validated like any other's, but the trainer refuses it.
+    Subclasses set ``how_to_use``: what to run instead, for that refusal."""
+
+    needs_frozen = False
+    trains = False
+    how_to_use: ClassVar[str]
+
+    def _refuse(self):
+        raise TypeError(f"method {self.name} does not train: {self.how_to_use}")
+
+    def build_batch(self, primary, retain, epoch):
+        self._refuse()
+
+    def compute_loss(self, batch, student, frozen, counts):
+        self._refuse()

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from vgid_dist.methods.base import Method, MethodParams
-
-NOT_TRAINED = ("method icu does not train: evaluate the base model with the instruction before each question "
-               "(`vgid eval --icu STYLE`, or `vgid demo --methods icu`)")
+from vgid_dist.methods.base import InferenceOnlyMethod, MethodParams
 
 
 class IcuParams(MethodParams):
@@ -19,15 +16,9 @@ class IcuParams(MethodParams):
     """The instruction put before each question at evaluation (VGID's default teacher instruction)."""
 
 
-class Icu(Method):
+class Icu(InferenceOnlyMethod):
     name = "icu"
     Params = IcuParams
-    needs_frozen = False
     uses_retain = False
-    trains = False
-
-    def build_batch(self, primary, retain, epoch):
-        raise TypeError(NOT_TRAINED)
-
-    def compute_loss(self, batch, student, frozen, counts):
-        raise TypeError(NOT_TRAINED)
+    how_to_use = ("evaluate the base model with the instruction before each question (`vgid eval --icu STYLE`, "
+                  "or `vgid demo --methods icu`)")

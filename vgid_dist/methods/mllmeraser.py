@@ -11,10 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from vgid_dist.methods.base import Method, MethodParams
-
-NOT_TRAINED = ("method mllmeraser does not train: build its steering file (`vgid steer build`) and evaluate the "
-               "base model with it (`vgid eval --steer FILE`, or `vgid demo --methods mllmeraser`)")
+from vgid_dist.methods.base import InferenceOnlyMethod, MethodParams
 
 
 class MllmEraserParams(MethodParams):
@@ -44,15 +41,9 @@ class MllmEraserParams(MethodParams):
         return layers
 
 
-class MllmEraser(Method):
+class MllmEraser(InferenceOnlyMethod):
     name = "mllmeraser"
     Params = MllmEraserParams
-    needs_frozen = False
     uses_retain = True
-    trains = False
-
-    def build_batch(self, primary, retain, epoch):
-        raise TypeError(NOT_TRAINED)
-
-    def compute_loss(self, batch, student, frozen, counts):
-        raise TypeError(NOT_TRAINED)
+    how_to_use = ("build its steering file (`vgid steer build`) and evaluate the base model with it "
+                  "(`vgid eval --steer FILE`, or `vgid demo --methods mllmeraser`)")
