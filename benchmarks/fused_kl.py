@@ -7,7 +7,8 @@ prints one JSON line per configuration to stdout:
 
 Implementations:
     naive  materialised [N, V] logits, F.log_softmax, F.kl_div(batchmean), autograd.
-    ours   vgid_dist.losses.fused_kl.fused_linear_kl (reduction="mean").
+    ours   vgid_dist.losses.fused_kl.fused_linear_kl (reduction="mean"); on CPU with its C++ row kernel
+           unless VGID_CPU_KERNEL=0 (the JSON says which: "cpu_kernel" is the ISA it was built for, or null).
     liger  liger_kernel.chunked_loss.LigerFusedLinearJSDLoss(weight_hard_loss=0, weight_soft_loss=1,
            beta=0) with its defaults (chunk_size=1024, compiled=True). beta=0 is Liger's forward
            KL(teacher || student); it divides the summed KL by the number of non-ignored labels (all-zero
@@ -174,9 +175,14 @@ def run_one(cfg: dict) -> dict:
     except ImportError as e:
         return {**out, "error": f"{type(e).__name__}: {e}"}
     if impl == "ours":
-        from vgid_dist.losses.fused_kl import default_chunk_rows
+        from vgid_dist.losses.cpu_kernel import row_kernel
+        from vgid_dist.losses.fused_kl import CPU_KERNEL_CHUNK_BYTES, DEFAULT_CHUNK_BYTES, default_chunk_rows
 
-        out["chunk_size"] = chunk or default_chunk_rows(n, v)
+        # Built (or loaded from its cache) here, before timing starts; null = the eager torch path.
+        kernel = row_kernel() if device.type == "cpu" else None
+        out["cpu_kernel"] = kernel.isa if kernel is not None else None
+        out["chunk_size"] = chunk or default_chunk_rows(
+            n, v, CPU_KERNEL_CHUNK_BYTES if kernel is not None else DEFAULT_CHUNK_BYTES)
     elif impl == "liger":
         out["chunk_size"] = chunk or LIGER_CHUNK
 

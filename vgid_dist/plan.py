@@ -61,7 +61,7 @@ ACTIVATION_COEFFICIENTS: dict[str, dict[str, tuple[float, float]]] = {
                  "qwen2_5_vl_vision": (15.0, 4.0)},
 }
 ACTIVATION_COEFFICIENTS["float16"] = ACTIVATION_COEFFICIENTS["bfloat16"]
-FUSED_CHUNK_BYTES = 128 * 2**20  # losses.fused_kl.DEFAULT_CHUNK_BYTES: one [chunk, V] fp32 buffer, three alive
+FUSED_CHUNK_BYTES = 128 * 2**20  # losses.fused_kl.DEFAULT_CHUNK_BYTES (accelerators): one [chunk, V] fp32 buffer, three alive
 REDUCE_BUCKET_ELEMENTS = 50_000_000  # ds_configs: reduce_bucket_size
 MAX_LIVE_ELEMENTS = 1_000_000_000  # ds_configs: stage3_max_live_parameters
 SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size: the optimiser steps this many at a time

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vgid_dist.losses import fused_kl as fused_kl_module
+from vgid_dist.losses.cpu_kernel import row_kernel
 from vgid_dist.losses.fused_kl import _FusedLinearKL, default_chunk_rows, fused_linear_kl
 
 N, H, V = 37, 48, 1003
@@ -26,12 +27,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(params=["onednn", "mm"])
+@pytest.fixture(params=["kernel-mm", "kernel-onednn", "eager-mm", "eager-onednn"])
 def cpu_gemm(request, monkeypatch):
-    """Both CPU logit GEMM kernels: oneDNN linear (used when available) and the torch.mm fallback."""
-    if request.param == "onednn" and fused_kl_module._onednn_linear() is None:
+    """Every CPU code path: row kernel or eager torch for the elementwise part, times oneDNN linear or
+    torch.mm for the logit GEMMs (oneDNN is forced on here whatever ISA this machine has)."""
+    elementwise, gemm = request.param.split("-")
+    if elementwise == "kernel" and row_kernel() is None:
+        pytest.skip("the CPU row kernel cannot be built here (see test_cpu_kernel.py)")
+    if elementwise == "eager":
+        monkeypatch.setattr(fused_kl_module, "row_kernel", lambda: None)
+    monkeypatch.setattr(fused_kl_module, "_onednn_probe", [])
+    monkeypatch.setattr(fused_kl_module, "USE_ONEDNN_LINEAR", gemm == "onednn")
+    monkeypatch.setattr(fused_kl_module, "_ONEDNN_ISAS", (torch.backends.cpu.get_cpu_capability(),))
+    if gemm == "onednn" and fused_kl_module._onednn_linear() is None:
         pytest.skip("this torch build has no oneDNN linear")
-    monkeypatch.setattr(fused_kl_module, "USE_ONEDNN_LINEAR", request.param == "onednn")
     return request.param
 
 
@@ -100,9 +109,26 @@ def test_single_row():
 
 def test_default_chunk_rows():
     assert default_chunk_rows(37, 1003) == 37
-    assert default_chunk_rows(10**6, 151936) == 128 * 2**20 // (4 * 151936)
+    assert default_chunk_rows(10**6, 151936) == 192  # 220 rows of 128 MB, down to a multiple of 64
+    assert default_chunk_rows(10**6, 151936, fused_kl_module.CPU_KERNEL_CHUNK_BYTES) == 512
+    assert default_chunk_rows(10**6, 2**20) == 32  # fewer than 64 rows: not rounded
     assert default_chunk_rows(10**6, 10**12) == 1
     assert default_chunk_rows(0, 10) == 1
+
+
+@pytest.mark.parametrize("where", ["student", "teacher"])
+def test_non_finite_inputs_give_a_non_finite_loss(where, cpu_gemm):
+    """The trainer detects bad steps from the loss: a NaN anywhere must not be swallowed by a max or exp."""
+    hs, ws, ht, wt = make_inputs()
+    with torch.no_grad():
+        (hs if where == "student" else ht)[3, 5] = float("nan")
+    assert not torch.isfinite(fused_linear_kl(hs, ws, ht, wt, chunk_size=5))
+
+
+def test_large_logits_underflow_cleanly(cpu_gemm):
+    """Logits spread over thousands: most exponentials underflow to 0, nothing becomes inf or NaN."""
+    hs, ws, ht, wt = make_inputs()
+    assert_matches_naive(hs * 40, ws, ht * 40, wt, tol=dict(rtol=1e-4, atol=1e-4), chunk_size=5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

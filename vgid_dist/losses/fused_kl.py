@@ -5,27 +5,43 @@ The naive way to compute a full-vocabulary KL between a teacher and a student LM
 backward: with N = 2048 tokens and a 150k vocabulary that is several GB of fp32 per matrix. Here the rows
 are processed in chunks, and the gradient with respect to each chunk's student logits is known in closed
 form ((softmax_s - p_t) / T), so it is pushed through the head (``grad_h = g @ W``, ``grad_W += g.T @ h``)
-while the chunk is still in memory. No autograd graph over logits is built; only three [chunk, V] fp32
-tensors are alive at any time (student logits, teacher logits, exp/grad buffer), whatever N is.
+while the chunk is still in memory. No autograd graph over logits is built, and the extra memory does not
+grow with N: two [chunk, V] fp32 logit buffers (student, teacher) plus the [V, H] fp32 weight gradient.
+
+On CPU the elementwise work of a chunk (row max, exp, normalisers, KL, softmax difference) runs in a
+small C++ kernel (``kl_rows.cpp``, built on first use by ``cpu_kernel.py``) that reads each row from memory
+once; where it cannot be built, the same maths runs as about ten eager torch passes over the chunk and a
+third [chunk, V] buffer. Either way the four GEMMs (student and teacher logits, grad_h, grad_W), all in
+torch, take most of the time.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_rows", "fused_linear_kl"]
+from vgid_dist.losses.cpu_kernel import row_kernel
 
-# Size of ONE [chunk, V] fp32 tensor (three are alive at once). The four GEMMs are ~90% of the time and
-# run at the same rate for any chunk of more than ~100 rows: on a 2-core AVX2 EPYC at N = 1024, H = 512,
-# V = 151936, chunks of 128 / 220 / 330 / 441 / 660 rows took 20.1 / 19.5 / 19.9 / 19.6 / 19.1 s of CPU
-# (noise ~3%). So the chunk is kept small, since it sets the extra memory: 128 MB is 220 rows at V = 150k.
+__all__ = ["CPU_KERNEL_CHUNK_BYTES", "DEFAULT_CHUNK_BYTES", "default_chunk_rows", "fused_linear_kl"]
+
+# Size of ONE [chunk, V] fp32 buffer, for the default chunk. Rows are rounded down to a multiple of 64.
+# Eager path and accelerators (three buffers alive): the GEMMs ran at the same rate for any chunk of more
+# than ~100 rows on a 2-core AVX2 EPYC (N = 1024, H = 512, V = 151936: 128 / 220 / 330 / 441 / 660 rows,
+# 20.1 / 19.5 / 19.9 / 19.6 / 19.1 s of CPU, noise ~3%), so the chunk is kept small since it sets the extra
+# memory. With the CPU row kernel (two buffers alive), on a 2-core AVX-512 Xeon at N = 2048, H = 512,
+# V = 151936: chunks of 384 / 448 / 512 / 576 rows took 5.20 / 5.32 / 5.15 / 5.36 s (best of 3; runs
+# spread ~3%), the logits GEMM running at 252 GFLOP/s with 512 rows against 231 with 256. 320 MB is 512
+# rows at V = 152k: 0.6 GB of logits + 0.3 GB of weight gradient.
 DEFAULT_CHUNK_BYTES = 128 * 2**20
+CPU_KERNEL_CHUNK_BYTES = 320 * 2**20
 
-# On CPU the two logit GEMMs (h @ W.T) go through oneDNN's fp32 linear when this torch build has it: measured
-# ~37 GFLOP/s per core against ~31 for torch.mm (MKL) on this layout, on an AVX2 EPYC, i.e. ~10% of the
-# whole loss. It is the kernel TorchInductor uses for linear layers on CPU; the op is probed once and any
-# failure falls back to torch.mm. Set to False to force torch.mm.
+# Logit GEMMs (h @ W.T) on CPU: oneDNN's fp32 linear (the kernel TorchInductor uses for linear layers on CPU)
+# or torch.mm (MKL). Measured on this layout: on a 2-core AVX2 EPYC oneDNN ran ~37 GFLOP/s per core against
+# ~31 for torch.mm; on a 2-core AVX-512 Xeon it was the other way round (190-207 against 231-260 GFLOP/s
+# for both cores), and oneDNN returns fresh tensors whose first-touch page faults cost another ~80 ms per
+# [512, 152k] chunk. So oneDNN is used only where torch dispatches to AVX2 (the op is probed once; any
+# failure falls back to torch.mm). Set to False to force torch.mm everywhere.
 USE_ONEDNN_LINEAR = True
+_ONEDNN_ISAS = ("AVX2",)
 _onednn_probe: list = []
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -34,14 +50,19 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def default_chunk_rows(num_rows: int, vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Rows per chunk so that one [rows, vocab_size] fp32 buffer takes about ``chunk_bytes`` (at least 1)."""
+    """Rows per chunk so that one [rows, vocab_size] fp32 buffer takes at most about ``chunk_bytes``.
+
+    At least 1; a multiple of 64 when there is room for 64 rows; never more than ``num_rows``.
+    """
     rows = max(1, chunk_bytes // (4 * max(1, vocab_size)))
+    if rows >= 64:
+        rows -= rows % 64
     return max(1, min(rows, num_rows))
 
 
 def _onednn_linear():
     """oneDNN fp32 ``linear(x, w) = x @ w.T`` returning a new tensor, or None if unavailable."""
-    if not USE_ONEDNN_LINEAR:
+    if not USE_ONEDNN_LINEAR or torch.backends.cpu.get_cpu_capability() not in _ONEDNN_ISAS:
         return None
     if not _onednn_probe:
         linear = None
@@ -61,6 +82,41 @@ def _onednn_linear():
             linear = None
         _onednn_probe.append(linear)
     return _onednn_probe[0]
+
+
+def _eager_rows(s, t, e, both, kl_out, need_grads):
+    """Pure-torch version of the row kernel, for [c, V] fp32 logits s, t (in place) and an exp buffer e.
+
+    Writes the per-row KL into ``kl_out`` (if given) and returns ``(g, z_s)``, where
+    ``g = softmax(s) - p_t`` scaled by ``z_s`` (the row normaliser of the student), i.e. the caller divides
+    by ``z_s``, which is cheaper on the [c, H] side. ``both`` is the [2c, V] view of s and t when they are
+    adjacent in one buffer (one max-subtraction over both), else None.
+    """
+    # Shift by the row max so exp() cannot overflow; s', t' below are the shifted logits.
+    if both is None:
+        s.sub_(s.amax(dim=1, keepdim=True))
+        t.sub_(t.amax(dim=1, keepdim=True))
+    else:
+        both.sub_(both.amax(dim=1, keepdim=True))
+    torch.exp(s, out=e)
+    z_s = e.sum(dim=1)
+    # s <- t' - s'. log p_t - log p_s = (t' - s') - log z_t + log z_s, so the KL needs only this
+    # difference and the two normalisers, never log-softmax matrices.
+    torch.sub(t, s, out=s)
+    t.exp_()
+    z_t = t.sum(dim=1)
+    if kl_out is not None:
+        # sum_v exp(t'_v) (t'_v - s'_v), formed in place (t' - s' is not needed afterwards). Not bmm: its
+        # sequential fp32 accumulation over V = 150k loses ~1e-4 relative, torch.sum's cascade does not.
+        # Where exp(t') underflows to 0 the term is exactly 0 (t' - s' is finite): no 0 * log 0 NaN.
+        dot = s.mul_(t).sum(dim=1)
+        kl_out.copy_(dot / z_t + torch.log(z_s / z_t))
+    if not need_grads:
+        return None, z_s
+    # dKL/ds' = softmax(s') - p_t = (e - t * z_s / z_t) / z_s. Only the bracket is formed in place (one
+    # pass over [c, V]).
+    e.addcmul_(t, (z_s / z_t).neg_().unsqueeze(1))
+    return e, z_s
 
 
 def _kl_chunks(
@@ -103,13 +159,16 @@ def _kl_chunks(
         wt = ws if shared_weight else w_t.to(f32)
 
     linear = _onednn_linear() if device.type == "cpu" and not low_precision_gemm else None
+    kernel = row_kernel() if device.type == "cpu" and not low_precision_gemm else None
     rows = max(1, min(chunk_rows, n))
     # Logits of the student (first c rows) and teacher (next c rows) share one flat buffer, so the shared
     # weight case is a single GEMM and the max-subtraction is one op over both; the last, shorter chunk
     # takes a prefix of the same storage instead of reallocating. (oneDNN has no out=: it returns fresh
-    # logit tensors instead, freed before the next chunk's are made.)
+    # logit tensors instead, freed before the next chunk's are made.) The row kernel works in place in the
+    # logits; the eager path needs a third buffer for the exponentials.
     logits_buf = None if linear is not None else torch.empty(2 * rows * v, dtype=f32, device=device)
-    exp_buf = torch.empty(rows * v, dtype=f32, device=device)
+    exp_buf = None if kernel is not None else torch.empty(rows * v, dtype=f32, device=device)
+    kl_rows = torch.empty(rows, dtype=torch.float64) if kernel is not None else None  # kernel's KL output
 
     kl = torch.empty(n, dtype=f32, device=device) if want_loss else None
     grad_h = torch.empty_like(h_s) if need_grad_h else None
@@ -127,7 +186,6 @@ def _kl_chunks(
         if logits_buf is not None:
             both = logits_buf[: 2 * c * v].view(2 * c, v)
             s, t = both[:c], both[c:]
-        e = exp_buf[: c * v].view(c, v)
 
         hs = h_s[start:end].to(gemm_dtype)
         ht = h_t[start:end].to(wt.dtype)
@@ -157,41 +215,28 @@ def _kl_chunks(
                 torch.mm(hs_in, ws.t(), out=s)
                 torch.mm(ht_in, wt.t(), out=t)
 
-        # Shift by the row max so exp() cannot overflow; s', t' below are the shifted logits.
-        if both is None:
-            s.sub_(s.amax(dim=1, keepdim=True))
-            t.sub_(t.amax(dim=1, keepdim=True))
+        coef = (row_scale[start:end] if per_row_scale else torch.full((c,), row_scale, dtype=f32,
+                                                                       device=device)) * inv_temp
+        if kernel is not None:
+            # One fused pass per row (max, exp, normalisers, KL, softmax_s - p_t), in place in s.
+            kernel(s, t, kl_rows[:c], need_grads)
+            if want_loss:
+                kl[start:end] = kl_rows[:c]
+            if not need_grads:
+                continue
+            g = s
         else:
-            both.sub_(both.amax(dim=1, keepdim=True))
-        torch.exp(s, out=e)
-        z_s = e.sum(dim=1)
-        # s <- t' - s'. log p_t - log p_s = (t' - s') - log z_t + log z_s, so the KL needs only this
-        # difference and the two normalisers, never log-softmax matrices.
-        torch.sub(t, s, out=s)
-        t.exp_()
-        z_t = t.sum(dim=1)
-        if want_loss:
-            # sum_v exp(t'_v) (t'_v - s'_v), formed in place (t' - s' is not needed afterwards). Not bmm: its
-            # sequential fp32 accumulation over V = 150k loses ~1e-4 relative, torch.sum's cascade does not.
-            # Where exp(t') underflows to 0 the term is exactly 0 (t' - s' is finite): no 0 * log 0 NaN.
-            dot = s.mul_(t).sum(dim=1)
-            kl[start:end] = dot / z_t + torch.log(z_s / z_t)
-        if not need_grads:
-            continue
-
-        # dKL/ds' = softmax(s') - p_t = (e - t * z_s / z_t) / z_s. Only the bracket is formed in place
-        # (one pass over [c, V]); the per-row factor 1 / z_s, together with the reduction scale and 1 / T,
-        # is applied to the [c, H] operands of the two GEMMs below, which is H/V of the work.
-        e.addcmul_(t, (z_s / z_t).neg_().unsqueeze(1))
-        coef = (row_scale[start:end] if per_row_scale else torch.full_like(z_s, row_scale)) * inv_temp
-        if low_precision_gemm:
-            # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range,
-            # while softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H] side.
-            e.mul_(z_s.reciprocal().unsqueeze(1))
-            g = e.to(gemm_dtype)
-        else:
-            g = e
-            coef = coef / z_s
+            e = exp_buf[: c * v].view(c, v)
+            g, z_s = _eager_rows(s, t, e, both, kl[start:end] if want_loss else None, need_grads)
+            if not need_grads:
+                continue
+            if low_precision_gemm:
+                # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range,
+                # while softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H]
+                # side.
+                g = g.mul_(z_s.reciprocal().unsqueeze(1)).to(gemm_dtype)
+            else:
+                coef = coef / z_s
         coef = coef.unsqueeze(1)
         if need_grad_h:
             grad_h[start:end] = torch.mm(g, ws).to(f32).mul_(coef)
@@ -317,8 +362,9 @@ def fused_linear_kl(
             object as ``student_weight`` (frozen shared head, LoRA) computes both logit chunks in one GEMM.
         temperature: both logits are divided by T before the softmaxes. The result is NOT multiplied by
             T**2 (the Hinton et al. gradient-scale convention); callers that want it multiply themselves.
-        chunk_size: rows per chunk; None picks about ``DEFAULT_CHUNK_BYTES`` per [chunk, V] fp32 buffer.
-            Any value >= 1 works, whether or not it divides N.
+        chunk_size: rows per chunk; None picks about ``CPU_KERNEL_CHUNK_BYTES`` per [chunk, V] fp32 buffer
+            where the CPU row kernel runs, else ``DEFAULT_CHUNK_BYTES``. Any value >= 1 works, whether or
+            not it divides N.
         reduction: "mean" over the N rows, "sum" over the rows (for callers that normalise by a global
             token count), or "none" for the [N] per-row values (differentiable too).
         backend: "torch" (this implementation, any device), "liger" (Liger-Kernel's
@@ -332,7 +378,8 @@ def fused_linear_kl(
     (low-precision heads are upcast once per call); on accelerators bf16/fp16 heads keep their dtype for
     the GEMMs. Grads come back in the dtypes of student_hidden / student_weight.
 
-    Memory: three [chunk, V] fp32 buffers plus, when the head is trainable, one [V, H] fp32 grad buffer.
+    Memory: two [chunk, V] fp32 buffers (three where the CPU row kernel is unavailable, and on
+    accelerators) plus, when the head is trainable, one [V, H] fp32 grad buffer.
     Backward reuses the grads computed in forward, so a second backward through the same call (retain_graph)
     raises, except for reduction="none" with a trainable head, which recomputes.
     """
@@ -366,7 +413,9 @@ def fused_linear_kl(
 
     shared = student_weight is teacher_weight
     low_precision_gemm = student_hidden.device.type != "cpu" and student_weight.dtype in _LOW_PRECISION
-    rows = chunk_size if chunk_size is not None else default_chunk_rows(n, v)
+    if chunk_size is None:
+        kernel = student_hidden.device.type == "cpu" and row_kernel() is not None
+        chunk_size = default_chunk_rows(n, v, CPU_KERNEL_CHUNK_BYTES if kernel else DEFAULT_CHUNK_BYTES)
     return _FusedLinearKL.apply(student_hidden, student_weight, teacher_hidden.detach(),
-                                teacher_weight.detach(), float(temperature), int(rows), reduction,
+                                teacher_weight.detach(), float(temperature), int(chunk_size), reduction,
                                 torch.is_grad_enabled(), shared, low_precision_gemm)
