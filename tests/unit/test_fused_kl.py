@@ -112,6 +112,7 @@ def test_default_chunk_rows():
     assert default_chunk_rows(10**6, 151936) == 192  # 220 rows of 128 MB, down to a multiple of 64
     assert default_chunk_rows(10**6, 151936, fused_kl_module.CPU_KERNEL_CHUNK_BYTES) == 512
     assert default_chunk_rows(10**6, 2**20) == 32  # fewer than 64 rows: not rounded
+    assert default_chunk_rows(10**6, 32064, fused_kl_module.CPU_KERNEL_CHUNK_BYTES) == 1024  # row cap
     assert default_chunk_rows(10**6, 10**12) == 1
     assert default_chunk_rows(0, 10) == 1
 
