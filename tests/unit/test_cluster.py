@@ -169,3 +169,32 @@ def test_relearn_attack_runs_on_every_paper_cell_and_never_on_the_references(tmp
     assert all("relearn" in cell.attacks for cell in cells)
     assert matrix.relearn.steps >= 1 and 0 < matrix.relearn.subset < 1
     assert all(attack != "relearn" for ref in reference_jobs(matrix, path, tmp_path) for _, attack in ref.evaluations)
+
+
+def test_attack_relearn_and_reference_evaluations_use_the_recipes_eval_settings(tmp_path, monkeypatch):
+    """Every evaluation a sweep job runs besides the cell's own (attacks, relearning, Base/ICU rows) takes the
+    recipe's eval settings, so all rows of a table are scored the same way."""
+    import vgid_dist.assets
+    import vgid_dist.cluster.tasks as tasks
+    import vgid_dist.eval.relearn
+    import vgid_dist.eval.run
+
+    seen = []
+    monkeypatch.setattr(vgid_dist.assets, "resolve_assets", lambda cfg: cfg)
+    monkeypatch.setattr(vgid_dist.eval.run, "evaluate_model", lambda *a, opts, **k: seen.append(opts))
+    monkeypatch.setattr(vgid_dist.eval.relearn, "run_relearn", lambda *a, opts, **k: seen.append(opts) or {})
+    monkeypatch.setattr(tasks, "export_distributed_env", lambda: (1, 2))
+    monkeypatch.setattr(tasks, "log_reference", lambda *a: None)
+    overrides = [f"output_dir={tmp_path / 'cell'}", "eval.few_shot=2", "eval.mc_mode=logits", "eval.batch_size=3"]
+
+    cell = CellTask(name="c", recipe="tiny", overrides=overrides, output_dir=str(tmp_path / "cell"),
+                    relearn={"seed": 9})
+    cell._evaluate_attack("reverse", rank=1)
+    cell._relearn(rank=1)
+    ReferenceTask(name="r", model="tiny", forget_ratio=5, recipe="tiny", overrides=overrides[1:],
+                  folder=str(tmp_path / "ref"), evaluations=[("base", None), ("icu", "reverse")],
+                  icu_style="strict", parent_run_id=None)()
+
+    assert [(o.attack, o.icu, o.seed) for o in seen] == [
+        ("reverse", None, 42), (None, None, 9), (None, None, 42), ("reverse", "strict", 42)]
+    assert all((o.few_shot, o.mc_mode, o.batch_size) == (2, "logits", 3) for o in seen)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # train_entry's exit code for a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint.
@@ -73,15 +73,15 @@ class CellTask:
     def _evaluate_attack(self, attack: str, rank: int) -> None:
         from vgid_dist.assets import resolve_assets
         from vgid_dist.config import load_run_config
-        from vgid_dist.eval.evaluator import EvalOptions
-        from vgid_dist.eval.run import evaluate_model
+        from vgid_dist.eval.run import engine_options, evaluate_model
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
         out = cfg.resolved_output_dir()
         target = out / f"eval-{attack}.json"
         if not target.is_file():
-            opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                               attack=attack, seed=cfg.optim.seed)
+            # The cell's own evaluation settings (eval.few_shot, eval.mc_mode, ...), so its attacked rows are
+            # comparable with its plain row.
+            opts = replace(engine_options(cfg), attack=attack)
             evaluate_model(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, target, opts=opts,
                            splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
                            limit=cfg.eval.limit)
@@ -101,8 +101,8 @@ class CellTask:
         from vgid_dist.assets import resolve_assets
         from vgid_dist.cluster.matrix import RelearnSpec
         from vgid_dist.config import load_run_config
-        from vgid_dist.eval.evaluator import EvalOptions
         from vgid_dist.eval.relearn import run_relearn
+        from vgid_dist.eval.run import engine_options
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
         out = cfg.resolved_output_dir()
@@ -111,8 +111,7 @@ class CellTask:
         if target.is_file():
             result = json.loads(target.read_text())
         else:
-            opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                               seed=spec.seed)
+            opts = replace(engine_options(cfg), seed=spec.seed)
             result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.steps, spec.subset,
                                  out / "relearn", config=self.recipe, lora=spec.lora, lr=spec.lr, seed=spec.seed,
                                  opts=opts, force=True)
@@ -153,19 +152,18 @@ class ReferenceTask:
         rank, world = export_distributed_env()
         from vgid_dist.assets import resolve_assets
         from vgid_dist.config import load_run_config
-        from vgid_dist.eval.evaluator import EvalOptions
-        from vgid_dist.eval.run import evaluate_model
+        from vgid_dist.eval.run import engine_options, evaluate_model
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
+        base_opts = engine_options(cfg)  # the same settings as the cells' own evaluations
         folder = Path(self.folder)
         done = []
         for name, attack in self.evaluations:
             target = folder / (f"{name}-{attack}.json" if attack else f"{name}.json")
             if not target.is_file():
                 steer = self._steering_file(cfg, rank) if name == "mllmeraser" else None
-                opts = EvalOptions(batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                   icu=self.icu_style if name == "icu" else None, attack=attack, seed=cfg.optim.seed,
-                                   steer=steer)
+                opts = replace(base_opts, icu=self.icu_style if name == "icu" else None, attack=attack,
+                               steer=steer)
                 evaluate_model(cfg.model.path, cfg.data.root, self.forget_ratio, target, opts=opts,
                                splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
                                limit=cfg.eval.limit)
