@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,10 +34,32 @@ def reference(s: torch.Tensor, t: torch.Tensor):
     return (log_pt.exp() * (log_pt - log_ps)).sum(1), log_ps.exp() - log_pt.exp()
 
 
+def supported_here() -> bool:
+    return cpu_kernel._compiler() is not None and torch.backends.cpu.get_cpu_capability() in cpu_kernel._ISA_FLAGS
+
+
 def test_builds_where_a_compiler_exists():
-    if cpu_kernel._compiler() is None:
-        pytest.skip("no C++ compiler on this machine")
+    if not supported_here():
+        pytest.skip("no C++ compiler, or a CPU without AVX2 / AVX-512")
     assert cpu_kernel.row_kernel() is not None
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512"])
+def test_each_supported_isa_builds_and_passes_its_self_check(isa, tmp_path, monkeypatch):
+    """Both builds, on whatever this machine is (an AVX2 build runs on an AVX-512 CPU; not the reverse)."""
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
+    if cpu_kernel._compiler() is None or (isa == "AVX512" and " avx512f" not in flags) or " avx2" not in flags:
+        pytest.skip(f"no compiler, or this CPU cannot run {isa} code")
+    monkeypatch.setenv("VGID_KERNEL_CACHE", str(tmp_path))
+    path = cpu_kernel._build(cpu_kernel._compiler(), isa)
+    assert cpu_kernel._self_check(cpu_kernel.RowKernel(ctypes.CDLL(str(path)), path, isa))
+
+
+def test_other_isas_take_the_eager_path_silently(fresh_loader, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu_kernel.row_kernel() is None
 
 
 # Vocabulary sizes around the vector width (16 / 8 lanes) and the 2048-element summation block.
@@ -84,8 +108,8 @@ def test_rejects_wrong_dtypes_and_shapes(kernel):
 
 
 def test_built_once_then_served_from_the_cache(fresh_loader):
-    if cpu_kernel._compiler() is None:
-        pytest.skip("no C++ compiler on this machine")
+    if not supported_here():
+        pytest.skip("no C++ compiler, or a CPU without AVX2 / AVX-512")
     first = cpu_kernel.row_kernel()
     assert first is not None and first.path.parent == fresh_loader
     mtime = first.path.stat().st_mtime_ns
@@ -104,6 +128,7 @@ def test_switched_off_without_warning(fresh_loader, monkeypatch):
 
 
 def test_failed_build_warns_once_and_falls_back(fresh_loader, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
     with pytest.warns(RuntimeWarning, match="not used .*false exited 1"):
         assert cpu_kernel.row_kernel() is None

@@ -3,8 +3,11 @@
 The kernel is compiled with the system C++ compiler against the installed torch's headers (ATen's
 ``Vectorized<float>``, built for the vector ISA torch itself dispatches to on this CPU), cached on disk, and
 called through ctypes (which releases the GIL; the kernel spreads rows over torch's intra-op threads).
-Whenever it cannot be had (no compiler, a failed build, ``VGID_CPU_KERNEL=0``) ``row_kernel()`` returns
-None, warns once with the reason, and fused_linear_kl takes its pure-torch path: the same results, slower.
+Whenever it cannot be had (no compiler, a failed build) ``row_kernel()`` returns None and warns once with
+the reason, and fused_linear_kl takes its pure-torch path: the same results, slower. It returns None
+silently with ``VGID_CPU_KERNEL=0``, and on CPUs where torch dispatches to neither AVX2 nor AVX-512: the
+kernel is only used where its vector code was measured (ATen's generic fallback runs it at about half the
+eager path's speed).
 
 Cache: ``$VGID_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/vgid_dist/kernels`` (``~/.cache/...``). The file
 name carries a hash of the source, the torch version, the compiler and the flags, so a cache on a shared
@@ -33,7 +36,7 @@ SOURCE = Path(__file__).with_name("kl_rows.cpp")
 BUILD_TIMEOUT_S = 600
 
 # Flags per vector ISA that this torch build dispatches to (torch.backends.cpu.get_cpu_capability()); the
-# CPU_CAPABILITY macros select ATen's Vectorized<float> implementation for it.
+# CPU_CAPABILITY macros select ATen's Vectorized<float> implementation for it. Other ISAs: no kernel.
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
@@ -102,7 +105,7 @@ def _build_command(cxx: str, isa: str, src: Path, out: Path) -> list[str]:
     # The libgomp it links is the one torch already loaded (same soname), so both share one thread pool.
     return [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-            *_ISA_FLAGS.get(isa, []), *(f"-I{p}" for p in include_paths()), str(src), "-o", str(out),
+            *_ISA_FLAGS[isa], *(f"-I{p}" for p in include_paths()), str(src), "-o", str(out),
             f"-L{torch_lib}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{torch_lib}"]
 
 
@@ -157,10 +160,11 @@ def row_kernel() -> RowKernel | None:
     kernel = None
     if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "off", "false", "no"):
         pass  # switched off on purpose: no warning
+    elif (isa := torch.backends.cpu.get_cpu_capability()) not in _ISA_FLAGS:
+        pass  # measured only with AVX2 / AVX-512 vector code: the eager path, without a warning
     elif (cxx := _compiler()) is None:
         _warn("no C++ compiler found (tried $CXX, c++, g++, clang++)")
     else:
-        isa = torch.backends.cpu.get_cpu_capability()
         try:
             path = _build(cxx, isa)
             kernel = RowKernel(ctypes.CDLL(str(path)), path, isa)
