@@ -176,13 +176,12 @@ def run_one(cfg: dict) -> dict:
         return {**out, "error": f"{type(e).__name__}: {e}"}
     if impl == "ours":
         from vgid_dist.losses.cpu_kernel import row_kernel
-        from vgid_dist.losses.fused_kl import CPU_KERNEL_CHUNK_BYTES, DEFAULT_CHUNK_BYTES, default_chunk_rows
+        from vgid_dist.losses.fused_kl import default_chunk_bytes, default_chunk_rows
 
         # Built (or loaded from its cache) here, before timing starts; null = the eager torch path.
         kernel = row_kernel() if device.type == "cpu" else None
         out["cpu_kernel"] = kernel.isa if kernel is not None else None
-        out["chunk_size"] = chunk or default_chunk_rows(
-            n, v, CPU_KERNEL_CHUNK_BYTES if kernel is not None else DEFAULT_CHUNK_BYTES)
+        out["chunk_size"] = chunk or default_chunk_rows(n, v, default_chunk_bytes(device))
     elif impl == "liger":
         out["chunk_size"] = chunk or LIGER_CHUNK
 

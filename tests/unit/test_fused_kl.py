@@ -117,6 +117,15 @@ def test_default_chunk_rows():
     assert default_chunk_rows(0, 10) == 1
 
 
+def test_default_chunk_budget_follows_the_path(monkeypatch):
+    kernel_here = row_kernel() is not None
+    budgets = fused_kl_module.CPU_KERNEL_CHUNK_BYTES, fused_kl_module.DEFAULT_CHUNK_BYTES
+    assert fused_kl_module.default_chunk_bytes("cpu") == budgets[0 if kernel_here else 1]
+    assert fused_kl_module.default_chunk_bytes("cpu", low_precision_gemm=True) == budgets[1]
+    monkeypatch.setattr(fused_kl_module, "row_kernel", lambda: None)
+    assert fused_kl_module.default_chunk_bytes("cpu") == budgets[1]
+
+
 @pytest.mark.parametrize("where", ["student", "teacher"])
 def test_non_finite_inputs_give_a_non_finite_loss(where, cpu_gemm):
     """The trainer detects bad steps from the loss: a NaN anywhere must not be swallowed by a max or exp."""

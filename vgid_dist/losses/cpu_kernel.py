@@ -92,8 +92,8 @@ def _cache_dir() -> Path:
 
 def _compiler() -> str | None:
     for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
+        if candidate and (path := shutil.which(candidate)):
+            return path
     return None
 
 

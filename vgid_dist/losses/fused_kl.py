@@ -21,7 +21,8 @@ import torch
 
 from vgid_dist.losses.cpu_kernel import row_kernel
 
-__all__ = ["CPU_KERNEL_CHUNK_BYTES", "DEFAULT_CHUNK_BYTES", "default_chunk_rows", "fused_linear_kl"]
+__all__ = ["CPU_KERNEL_CHUNK_BYTES", "DEFAULT_CHUNK_BYTES", "default_chunk_bytes", "default_chunk_rows",
+           "fused_linear_kl"]
 
 # Size of ONE [chunk, V] fp32 buffer, for the default chunk. Rows are rounded down to a multiple of 64.
 # Eager path and accelerators (three buffers alive): the GEMMs ran at the same rate for any chunk of more
@@ -63,6 +64,18 @@ def default_chunk_rows(num_rows: int, vocab_size: int, chunk_bytes: int = DEFAUL
     if rows >= 64:
         rows -= rows % 64
     return max(1, min(rows, num_rows))
+
+
+def _row_kernel_for(device: torch.device, low_precision_gemm: bool):
+    """The CPU row kernel if this call uses it (fp32 GEMMs on CPU and the kernel available), else None."""
+    return row_kernel() if device.type == "cpu" and not low_precision_gemm else None
+
+
+def default_chunk_bytes(device: torch.device | str, low_precision_gemm: bool = False) -> int:
+    """The per-buffer budget of the default chunk for a call on ``device``: ``CPU_KERNEL_CHUNK_BYTES``
+    where the CPU row kernel runs (two buffers alive), else ``DEFAULT_CHUNK_BYTES`` (three)."""
+    kernel = _row_kernel_for(torch.device(device), low_precision_gemm)
+    return CPU_KERNEL_CHUNK_BYTES if kernel is not None else DEFAULT_CHUNK_BYTES
 
 
 def _onednn_linear():
@@ -132,14 +145,16 @@ def _kl_chunks(
     *,
     shared_weight: bool,
     inv_temp: float,
-    chunk_rows: int,
+    chunk_rows: int | None,
     row_scale: float | torch.Tensor,
     need_grad_h: bool,
     need_grad_w: bool,
     want_loss: bool,
     low_precision_gemm: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Per-row KL [N] (fp32) and, if asked, grads of ``sum_i row_scale_i * KL_i`` w.r.t. h_s and w_s."""
+    """Per-row KL [N] (fp32) and, if asked, grads of ``sum_i row_scale_i * KL_i`` w.r.t. h_s and w_s.
+
+    ``chunk_rows`` None: the default chunk for this device and path (``default_chunk_bytes``)."""
     if h_s.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(h_s.device.type):
         # The dtypes below are chosen on purpose (fp32 softmax, fp32 GEMMs on CPU); an enclosing autocast
         # region would silently turn the fp32 GEMMs into bf16 ones.
@@ -164,8 +179,11 @@ def _kl_chunks(
         wt = ws if shared_weight else w_t.to(f32)
 
     linear = _onednn_linear() if device.type == "cpu" and not low_precision_gemm else None
-    kernel = row_kernel() if device.type == "cpu" and not low_precision_gemm else None
-    rows = max(1, min(chunk_rows, n))
+    kernel = _row_kernel_for(device, low_precision_gemm)
+    if chunk_rows is None:
+        rows = default_chunk_rows(n, v, default_chunk_bytes(device, low_precision_gemm))
+    else:
+        rows = max(1, min(chunk_rows, n))
     # Logits of the student (first c rows) and teacher (next c rows) share one flat buffer, so the shared
     # weight case is a single GEMM and the max-subtraction is one op over both; the last, shorter chunk
     # takes a prefix of the same storage instead of reallocating. (oneDNN has no out=: it returns fresh
@@ -220,8 +238,6 @@ def _kl_chunks(
                 torch.mm(hs_in, ws.t(), out=s)
                 torch.mm(ht_in, wt.t(), out=t)
 
-        coef = (row_scale[start:end] if per_row_scale else torch.full((c,), row_scale, dtype=f32,
-                                                                       device=device)) * inv_temp
         if kernel is not None:
             # One fused pass per row (max, exp, normalisers, KL, softmax_s - p_t), in place in s.
             kernel(s, t, kl_rows[:c], need_grads)
@@ -229,7 +245,7 @@ def _kl_chunks(
                 kl[start:end] = kl_rows[:c]
             if not need_grads:
                 continue
-            g = s
+            g, z_s = s, None  # already normalised
         else:
             e = exp_buf[: c * v].view(c, v)
             g, z_s = _eager_rows(s, t, e, both, kl[start:end] if want_loss else None, need_grads)
@@ -239,9 +255,13 @@ def _kl_chunks(
                 # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range,
                 # while softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H]
                 # side.
-                g = g.mul_(z_s.reciprocal().unsqueeze(1)).to(gemm_dtype)
-            else:
-                coef = coef / z_s
+                g, z_s = g.mul_(z_s.reciprocal().unsqueeze(1)).to(gemm_dtype), None
+        # The reduction scale, 1 / T and (eager fp32 path) 1 / z_s are applied to the [c, H] operands of the
+        # two GEMMs below rather than to g: H/V of the work.
+        coef = (row_scale[start:end] if per_row_scale else torch.full((c,), row_scale, dtype=f32,
+                                                                       device=device)) * inv_temp
+        if z_s is not None:
+            coef = coef / z_s
         coef = coef.unsqueeze(1)
         if need_grad_h:
             grad_h[start:end] = torch.mm(g, ws).to(f32).mul_(coef)
@@ -418,9 +438,7 @@ def fused_linear_kl(
 
     shared = student_weight is teacher_weight
     low_precision_gemm = student_hidden.device.type != "cpu" and student_weight.dtype in _LOW_PRECISION
-    if chunk_size is None:
-        kernel = student_hidden.device.type == "cpu" and row_kernel() is not None
-        chunk_size = default_chunk_rows(n, v, CPU_KERNEL_CHUNK_BYTES if kernel else DEFAULT_CHUNK_BYTES)
     return _FusedLinearKL.apply(student_hidden, student_weight, teacher_hidden.detach(),
-                                teacher_weight.detach(), float(temperature), int(chunk_size), reduction,
+                                teacher_weight.detach(), float(temperature),
+                                None if chunk_size is None else int(chunk_size), reduction,
                                 torch.is_grad_enabled(), shared, low_precision_gemm)

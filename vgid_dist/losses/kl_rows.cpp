@@ -93,6 +93,3 @@ extern "C" void vgid_kl_rows(float* s, float* t, int64_t rows, int64_t vocab, in
     for (int64_t r = begin; r < end; r++) kl_one_row(s + r * stride, t + r * stride, vocab, want_grad != 0, kl + r);
   });
 }
-
-// The vector width this file was built for (lanes of fp32), reported by the loader.
-extern "C" int vgid_kl_rows_lanes() { return static_cast<int>(kLanes); }
