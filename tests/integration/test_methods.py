@@ -59,6 +59,8 @@ def test_method_trains_two_steps_on_two_zero3_ranks(runs, tiny_llava, name):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2]
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
+    # Throughput is the trainer's own measurement: in the log with tracking off (2 ranks' tokens per second).
+    assert all(entry["tokens_per_s"] > 0 and entry["peak_mem_gib"] > 0 and "mfu" not in entry for entry in log)
     # Compared through the model class: the base folder and a saved run may name the tensors differently
     # (legacy ``language_model.*`` names in the tiny builder's file, native names in saved runs).
     before = dict(load_adapter(tiny_llava).load_model(torch.float32).named_parameters())

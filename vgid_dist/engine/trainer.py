@@ -41,6 +41,7 @@ from vgid_dist.engine.guards import (
 )
 from vgid_dist.engine.runner import AdapterDisabledRunner, EngineRunner
 from vgid_dist.engine.strategy import DeepSpeedStrategy
+from vgid_dist.engine.throughput import ThroughputMeter
 from vgid_dist.methods import build_method
 from vgid_dist.models import load_adapter
 from vgid_dist.models.lora import apply_lora
@@ -174,6 +175,9 @@ class Trainer:
             self.frozen = EngineRunner(frozen_engine, self.adapter, self.strategy.device, self.strategy.dtype,
                                        frozen=True, gather=self.strategy.gathered)
         self.engine.train()
+        self.throughput = ThroughputMeter(self.student.module, self.frozen.module if self.frozen else None,
+                                          world_size=self.strategy.world_size, on_gpu=self.strategy.on_gpu,
+                                          device=self.strategy.device)
         self.checkpoints = CheckpointManager(self.out, self.strategy)
         self.start_step = 0
         if self.force:
@@ -278,6 +282,7 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             done = step + 1
             self.nonfinite.record(metrics is not None)
+            throughput = self.throughput.step_metrics(elapsed)
             if metrics is None:
                 self.log(f"step {done}/{self.total_steps} | skipped: non-finite loss on some rank "
                          f"({self.nonfinite.consecutive} in a row, {self.nonfinite.total} in all)")
@@ -296,13 +301,15 @@ class Trainer:
                 metrics["grad_norm"] = grad_norm
             metrics["samples_per_s"] = samples_per_step / max(elapsed, 1e-9)
             metrics["step_time_s"] = elapsed
+            metrics.update(throughput)
             metrics["epoch"] = self.sampler.epoch_of(step)
             last = metrics
             if self.strategy.is_main and (done % cfg.log_every == 0 or done == self.total_steps):
                 eta = (time.perf_counter() - start) / (done - self.start_step) * (self.total_steps - done)
                 terms = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                    if k not in ("lr", "samples_per_s", "step_time_s", "epoch", "grad_norm",
-                                                "truncated_answers", "nonfinite_skipped")
+                                                "truncated_answers", "nonfinite_skipped", "tokens_per_s", "mfu",
+                                                "peak_mem_gib")
                                    and not k.startswith("tokens/"))
                 print(f"step {done}/{self.total_steps} | {terms} | lr {metrics['lr']:.2e} | "
                       f"{metrics['samples_per_s']:.1f} samples/s | eta {format_duration(eta)}", flush=True)
@@ -345,6 +352,7 @@ class Trainer:
             (self.out / "DONE").write_text(json.dumps({"finished": time.time()}))
         # The final model is saved: the resume state (optimiser shards: 12 bytes per parameter) goes.
         self.checkpoints.clear()
+        self.throughput.close()
         self._notify("on_end", self.summary)
         self.strategy.barrier()
         return self.summary

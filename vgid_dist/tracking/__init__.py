@@ -1,0 +1,62 @@
+"""MLflow tracking: the only package that imports mlflow, and only on rank 0.
+
+One MLflow run per training job. Its id is kept in ``output_dir/mlflow_run_id``, so a requeued or re-run job
+continues the same run instead of starting a second one. A sweep creates one parent run and one child run per
+cell up front (status SCHEDULED); the job then resumes its child run.
+
+Where runs go: ``MLFLOW_TRACKING_URI`` when set (a server, ``http://...``), else a SQLite file under the
+working folder (``./mlflow.db``, artifacts in ``./mlruns``), which needs no server. ``VGID_TRACKING=off``
+disables tracking.
+
+What a training run holds:
+  params     the flattened resolved configuration (``optim.lr``, ``method.alpha``, ...)
+  tags       model, forget_ratio, method, seed, git_commit, slurm_job_id (under Slurm), output_dir
+  metrics    ``train/<loss term>``, ``train/lr``, ``train/grad_norm``, ``train/samples_per_s``,
+             ``train/tokens_per_s``, ``train/mfu`` (GPU), ``train/peak_mem_gib`` per step (the trainer's
+             ``train_log.jsonl`` lines); ``forget/gen_rougeL``, ``retain/class_acc``, ... from the evaluation
+             (``reverse/forget/gen_rougeL`` for an evaluation under the reverse attack)
+  artifacts  config.yaml, metrics.json, train_log.jsonl, eval.json, eval.predictions.jsonl, table3.md
+
+Modules: ``names`` (switches, URIs, run and metric names: no mlflow), ``store`` (the client of one store),
+``runs`` (the run of one training job), ``callback`` (the trainer callback).
+"""
+
+from vgid_dist.tracking.callback import TrackingCallback, callback_for
+from vgid_dist.tracking.names import (
+    DEFAULT_EXPERIMENT,
+    EXPERIMENT_ENV,
+    KIND_TAG,
+    MODEL_ENV,
+    PARENT_ENV,
+    PARENT_TAG,
+    RUN_ID_FILE,
+    SPLITS,
+    TRACKING_ENV,
+    TrackingError,
+    enabled,
+    eval_metric_key,
+    eval_metrics,
+    read_run_id,
+    reference_prefix,
+    run_name,
+    step_metrics,
+    tracking_uri,
+    write_run_id,
+)
+from vgid_dist.tracking.runs import (
+    config_params,
+    environment_tags,
+    import_finished_output,
+    log_output_artifacts,
+    run_tags,
+    start_or_resume,
+)
+from vgid_dist.tracking.store import RunRecord, Tracker, ui_command
+
+__all__ = [
+    "DEFAULT_EXPERIMENT", "EXPERIMENT_ENV", "KIND_TAG", "MODEL_ENV", "PARENT_ENV", "PARENT_TAG", "RUN_ID_FILE", "SPLITS",
+    "TRACKING_ENV", "RunRecord", "Tracker", "TrackingCallback", "TrackingError", "callback_for", "config_params",
+    "enabled", "environment_tags", "eval_metric_key", "eval_metrics", "import_finished_output",
+    "log_output_artifacts", "read_run_id", "reference_prefix", "run_name", "run_tags", "start_or_resume",
+    "step_metrics", "tracking_uri", "ui_command", "write_run_id",
+]
