@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -19,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. method.alpha=2 max_steps=12")
     args = parser.parse_args(argv)
 
-    from vgid_dist.cli import train_entry
+    from vgid_dist.cli import main as vgid_main
 
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     overrides = list(args.overrides)
     if args.ds_config:
         overrides.append(f"ds_config={args.ds_config}")
-    return train_entry(args.config, overrides, force=args.force, local_rank=args.local_rank)
+    return vgid_main(["train", "--config", args.config, *(["--force"] if args.force else []), *overrides])
 
 
 if __name__ == "__main__":

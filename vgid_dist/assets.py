@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vgid_dist.errors import ConfigError
+
 TINY_PREFIX = "@tiny/"
 # Bumped whenever the synthetic benchmark or the tiny vanilla recipe changes, so caches built by an older
 # version are not reused.
@@ -77,14 +79,14 @@ def build_vanilla(folder: Path, benchmark: Path, family: str = "llava") -> Path:
 
     from vgid_dist.config import load_run_config
     from vgid_dist.data.synthetic import corpus
-    from vgid_dist.engine.trainer import run_training
+    from vgid_dist.engine.entry import train
     from vgid_dist.models.tiny import TINY_BUILDERS
 
     work = folder.with_name(f".{folder.name}.build")
     init = TINY_BUILDERS[family](work / "init", corpus(benchmark))
     cfg = load_run_config("tiny-vanilla", [f"model.path={init}", f"data.root={benchmark}",
                                             f"output_dir={work / 'run'}"])
-    run_training(cfg, force=True)
+    train(cfg, force=True)
     trained = work / "run" / "model"
     if folder.exists():
         shutil.rmtree(folder)
@@ -108,9 +110,9 @@ def resolve_tiny_path(value: str, *, family_hint: str = "llava", log=print) -> s
             from vgid_dist.models.tiny import TINY_BUILDERS
 
             if family not in TINY_BUILDERS:
-                raise ValueError(f"{value}: unknown tiny family {family!r}; expected one of {sorted(TINY_BUILDERS)}")
+                raise ConfigError(f"{value}: unknown tiny family {family!r}; expected one of {sorted(TINY_BUILDERS)}")
             return str(ensure_vanilla(root / name, benchmark, family, log=log))
-    raise ValueError(f"{value}: unknown packaged asset; expected @tiny/benchmark or @tiny/vanilla-<family>")
+    raise ConfigError(f"{value}: unknown packaged asset; expected @tiny/benchmark or @tiny/vanilla-<family>")
 
 
 def resolve_assets(cfg, *, log=print):

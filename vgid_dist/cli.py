@@ -3,79 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return code
-
-
-def train_entry(config: str, overrides: list[str], *, force: bool = False, local_rank: int | None = None) -> int:
-    """Shared by ``vgid train``, ``launch/train.py`` and cluster tasks."""
-    from vgid_dist.assets import resolve_assets
-    from vgid_dist.config import ConfigError, load_run_config
-    from vgid_dist.data.schema import DataError
-    from vgid_dist.engine.guards import CollectiveError, NonFiniteLossError, RunInterrupted
-    from vgid_dist.engine.trainer import RunExistsError, run_training
-    from vgid_dist.models import ModelFolderError
-    from vgid_dist.tracking import TrackingError, callback_for
-
-    if local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(local_rank))
-    # MLflow (rank 0 only; VGID_TRACKING=off disables it): a failed or interrupted job marks its run.
-    tracker = callback_for(config)
-    try:
-        cfg = resolve_assets(load_run_config(config, overrides))
-        run_training(cfg, force=force, callbacks=[tracker] if tracker is not None else None)
-    except (ConfigError, DataError, ModelFolderError, RunExistsError, TrackingError) as exc:
-        if tracker is not None:
-            tracker.fail()
-        return _fail(str(exc))
-    except RunInterrupted as exc:
-        # Checkpointed: the same command resumes. 128 + SIGTERM, as if the signal had ended the process.
-        if tracker is not None:
-            tracker.fail("KILLED")
-        print(f"[vgid] {exc}", file=sys.stderr, flush=True)
-        return 143
-    except (NonFiniteLossError, CollectiveError) as exc:
-        if tracker is not None:
-            tracker.fail()
-        return _fail(str(exc), 1)
-    except BaseException as exc:
-        # An interrupt, or submitit exiting a preempted task it has requeued: KILLED, and the requeued job
-        # sets the same run RUNNING again. Anything else is a failure.
-        if tracker is not None:
-            tracker.fail("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
-        raise
-    if tracker is not None and tracker.error:
-        return _fail(tracker.error, 3)
-    return 0
+from vgid_dist.errors import ConfigError, PlanError, VgidError
 
 
 def cmd_train(args) -> int:
-    return train_entry(args.config, args.overrides, force=args.force)
+    from vgid_dist.jobs import train_recipe
+
+    train_recipe(args.config, args.overrides, force=args.force)
+    return 0
 
 
 def cmd_eval(args) -> int:
-    from vgid_dist.data.schema import DataError
     from vgid_dist.eval.evaluator import EvalOptions
     from vgid_dist.eval.run import evaluate_model
-    from vgid_dist.models import ModelFolderError
 
-    try:
-        opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
-                           attack=args.attack, seed=args.seed, few_shot=args.few_shot, mc_mode=args.mc_mode,
-                           steer=args.steer)
-    except ValueError as exc:
-        return _fail(str(exc))
-    try:
-        results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
-                                 splits=args.splits, limit=args.limit)
-    except (DataError, ModelFolderError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+    opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
+                       attack=args.attack, seed=args.seed, few_shot=args.few_shot, mc_mode=args.mc_mode,
+                       steer=args.steer)
+    results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
+                             splits=args.splits, limit=args.limit)
     if results is not None:
         from vgid_dist.eval.report import format_split_table
 
@@ -86,35 +35,31 @@ def cmd_eval(args) -> int:
 
 def cmd_steer_build(args) -> int:
     import yaml
+    from pydantic import ValidationError
 
-    from vgid_dist.data.schema import DataError
     from vgid_dist.eval.steering import build_steering_file
     from vgid_dist.methods.mllmeraser import MllmEraserParams
-    from vgid_dist.models import ModelFolderError
 
+    if args.config:
+        from vgid_dist.config import load_run_config
+
+        params = load_run_config(args.config).method.params()
+        if not isinstance(params, MllmEraserParams):
+            raise ConfigError(f"--config {args.config}: its method is not mllmeraser")
+        given = params.model_dump()
+    else:
+        given = {}
+    for text in args.params:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ConfigError(f"{text!r}: expected key=value (a parameter of method mllmeraser, e.g. scale=2)")
+        given[key.strip().removeprefix("method.")] = yaml.safe_load(value)  # as in training overrides
     try:
-        if args.config:
-            from vgid_dist.config import load_run_config
-
-            params = load_run_config(args.config).method.params()
-            if not isinstance(params, MllmEraserParams):
-                return _fail(f"--config {args.config}: its method is not mllmeraser")
-            given = params.model_dump()
-        else:
-            given = {}
-        for text in args.params:
-            key, sep, value = text.partition("=")
-            if not sep:
-                return _fail(f"{text!r}: expected key=value (a parameter of method mllmeraser, e.g. scale=2)")
-            given[key.strip().removeprefix("method.")] = yaml.safe_load(value)  # as in training overrides
         params = MllmEraserParams(**given)
-    except ValueError as exc:
-        return _fail(f"mllmeraser parameters: {exc}")
-    try:
-        steering = build_steering_file(args.model, args.data, args.forget_ratio, args.out, params, seed=args.seed,
-                                       batch_size=args.batch_size, dtype=args.dtype)
-    except (DataError, ModelFolderError, ValueError) as exc:
-        return _fail(str(exc))
+    except ValidationError as exc:
+        raise ConfigError(f"mllmeraser parameters: {exc}") from None
+    steering = build_steering_file(args.model, args.data, args.forget_ratio, args.out, params, seed=args.seed,
+                                   batch_size=args.batch_size, dtype=args.dtype)
     info = steering.info
     print(f"steering: layers {steering.layers}, gate layer {steering.gate_layer}, threshold {steering.threshold:.4f}, "
           f"scale {steering.scale}; gate open on {info['forget_gate_open']:.0%} of {info['forget_pairs']} forget and "
@@ -123,23 +68,21 @@ def cmd_steer_build(args) -> int:
 
 
 def cmd_attack_relearn(args) -> int:
-    from vgid_dist.data.schema import DataError
     from vgid_dist.eval.evaluator import EvalOptions
-    from vgid_dist.eval.relearn import RelearnError, format_recovery, run_relearn
-    from vgid_dist.models import ModelFolderError
+    from vgid_dist.eval.relearn import format_recovery, run_relearn
+    from vgid_dist.tracking import callback_for
 
     rows = {}
-    try:
-        opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                           steer=args.steer)
-        for model in args.model:
-            name = Path(model).parent.name if Path(model).name == "model" else Path(model).name
-            out = Path(args.out) / name if len(args.model) > 1 else Path(args.out)
-            rows[name] = run_relearn(model, args.data, args.forget_ratio, args.steps, args.subset, out,
-                                     config=args.config, lora=args.lora, lr=args.lr, seed=args.seed, opts=opts,
-                                     overrides=args.overrides, force=args.force)
-    except (RelearnError, DataError, ModelFolderError, ValueError, FileNotFoundError) as exc:
-        return _fail(str(exc))
+    opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                       steer=args.steer)
+    for model in args.model:
+        name = Path(model).parent.name if Path(model).name == "model" else Path(model).name
+        out = Path(args.out) / name if len(args.model) > 1 else Path(args.out)
+        tracker = callback_for(args.config)  # the attack's fine-tuning is an ordinary, tracked run
+        rows[name] = run_relearn(model, args.data, args.forget_ratio, args.steps, args.subset, out,
+                                 config=args.config, lora=args.lora, lr=args.lr, seed=args.seed, opts=opts,
+                                 overrides=args.overrides, force=args.force,
+                                 callbacks=[tracker] if tracker is not None else [])
     print(f"relearning attack: {args.steps} steps on {args.subset:.0%} of the forget profiles; forget-split scores "
           "of the held-out profiles, before -> after (recovery)")
     print(format_recovery(rows))
@@ -156,26 +99,17 @@ def cmd_demo(args) -> int:
 
 def cmd_sweep(args) -> int:
     from vgid_dist.cluster.sweep import run_sweep
-    from vgid_dist.config import ConfigError
-    from vgid_dist.tracking import TrackingError
 
-    try:
-        return run_sweep(args.matrix, executor=args.executor, wait=args.wait, experiment=args.experiment,
-                         out=args.out, dry_run=args.dry_run, wait_timeout_s=args.wait_timeout,
-                         overrides=args.overrides)
-    except (ConfigError, TrackingError, ValueError) as exc:
-        return _fail(str(exc))
+    return run_sweep(args.matrix, executor=args.executor, wait=args.wait, experiment=args.experiment, out=args.out,
+                     dry_run=args.dry_run, wait_timeout_s=args.wait_timeout, overrides=args.overrides)
 
 
 def cmd_report(args) -> int:
     from vgid_dist.cluster.report import build_report
-    from vgid_dist.tracking import Tracker, TrackingError
+    from vgid_dist.tracking import Tracker
 
     out = Path(args.out or Path("runs") / "reports" / args.experiment)
-    try:
-        written = build_report(Tracker(), args.experiment, out)
-    except TrackingError as exc:
-        return _fail(str(exc))
+    written = build_report(Tracker(), args.experiment, out)
     for path in written:
         if path.suffix == ".md":
             print(path.read_text())
@@ -186,22 +120,18 @@ def cmd_report(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
-    from vgid_dist.plan import PlanError, RunShape, format_plan, plan_memory, resolve_architecture
+    from vgid_dist.plan import RunShape, format_plan, plan_memory, resolve_architecture
 
-    try:
-        arch = resolve_architecture(args.model)
-        slots = args.gpus_per_node * args.nodes * args.grad_accum
-        micro, rem = divmod(args.batch_size or slots, slots)
-        if rem or micro == 0:
-            raise PlanError(f"--batch-size {args.batch_size} is not a multiple of the {args.gpus_per_node * args.nodes} "
-                            f"GPUs x --grad-accum {args.grad_accum}")
-        shape = RunShape(micro_batch=micro, text_tokens=args.text_tokens, dtype=args.dtype,
-                         lora_r=args.lora_r if args.lora else None,
-                         activation_checkpointing=args.activation_checkpointing)
-        plan = plan_memory(arch, gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero=args.zero,
-                           offload=args.offload, shape=shape)
-    except PlanError as exc:
-        return _fail(str(exc))
+    arch = resolve_architecture(args.model)
+    slots = args.gpus_per_node * args.nodes * args.grad_accum
+    micro, rem = divmod(args.batch_size or slots, slots)
+    if rem or micro == 0:
+        raise PlanError(f"--batch-size {args.batch_size} is not a multiple of the {args.gpus_per_node * args.nodes} "
+                        f"GPUs x --grad-accum {args.grad_accum}")
+    shape = RunShape(micro_batch=micro, text_tokens=args.text_tokens, dtype=args.dtype,
+                     lora_r=args.lora_r if args.lora else None, activation_checkpointing=args.activation_checkpointing)
+    plan = plan_memory(arch, gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero=args.zero,
+                       offload=args.offload, shape=shape)
     if args.json:
         print(json.dumps({"model": arch.name or args.model, **plan.as_dict(args.gpu_memory_gb)}))
     else:
@@ -363,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except VgidError as exc:
+        print(f"{exc.prefix}{exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vgid_dist.errors import ConfigError
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DS_CONFIGS_DIR = RECIPES_DIR / "ds"
 
@@ -34,10 +36,6 @@ OVERRIDE_SHORTCUTS = {
     "grad_accum": "optim.grad_accum",
     "forget_ratio": "data.forget_ratio",
 }
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the file, the field and what was expected."""
 
 
 class StrictModel(BaseModel):
@@ -267,20 +265,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _set_dotted(data: dict, keys: list[str], value: Any, what: str) -> None:
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{what}: {k!r} is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
 def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {text!r}: {k!r} is a value, not a section")
-            node = nxt
-        node[keys[-1]] = value
+        _set_dotted(data, keys, value, f"override {text!r}")
     return data
+
+
+def updated_config(cfg: RunConfig, values: Mapping[str, Any], source: str) -> RunConfig:
+    """``cfg`` with dotted keys set to plain values (``{"optim.max_steps": 20, "method": {...}}``), validated
+    again; ``source`` names the run in errors."""
+    data = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        _set_dotted(data, key.split("."), value, f"{source}: {key}")
+    return build_run_config(data, source)
 
 
 def _describe(err: dict, prefix: str = "") -> str:

@@ -49,7 +49,7 @@ def method_recipe(method: str) -> tuple[str, list[str]]:
 
 def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: bool = False) -> dict:
     from vgid_dist.assets import ensure_benchmark, ensure_vanilla
-    from vgid_dist.engine.trainer import run_training
+    from vgid_dist.engine.entry import train
     from vgid_dist.eval.evaluator import EvalOptions
     from vgid_dist.eval.report import write_report
     from vgid_dist.eval.run import evaluate_model
@@ -97,7 +97,7 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
             cfg = load_run_config(recipe, overrides + [f"model.path={vanilla}", f"data.root={data}",
                                                        f"output_dir={run_dir}", f"data.forget_ratio={FORGET_RATIO}"])
             print(f"[demo] training {method} (recipe {recipe})", flush=True)
-            run_training(cfg, force=True)
+            train(cfg, force=True)
         evaluate(method, run_dir / "model", redo=redo)
 
     summary = {"methods": results, "forget_ratio": FORGET_RATIO, "seconds": time.perf_counter() - t_start}

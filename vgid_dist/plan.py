@@ -47,6 +47,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgid_dist.errors import PlanError
+
 GB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -67,10 +69,6 @@ MAX_LIVE_ELEMENTS = 1_000_000_000  # ds_configs: stage3_max_live_parameters
 SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size: the optimiser steps this many at a time
 CUDA_CONTEXT_GB = 1.0  # CUDA context, cuBLAS/NCCL workspaces: outside torch's allocator
 FRAGMENTATION = 0.10  # the caching allocator's slack over the live bytes
-
-
-class PlanError(ValueError):
-    """A model or an option the planner cannot size; the message says what was expected."""
 
 
 @dataclass(frozen=True)

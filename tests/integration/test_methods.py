@@ -24,12 +24,12 @@ TRAINED = ("ga", "ga_diff", "kl_min", "npo", "po", "idk", "rmu", "icu_t", "noise
 DRIVER = """
 import json, sys
 from vgid_dist.config import load_run_config
-from vgid_dist.engine.trainer import run_training
+from vgid_dist.engine.entry import train
 recipe, out, *specs = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # deepspeed adds it
 for spec in specs:
     name, *extra = spec.split(",")
     cfg = load_run_config(recipe, [f"method={{name: {name}}}", f"output_dir={out}/{name}", *extra])
-    run_training(cfg, force=True)
+    train(cfg, force=True)
     print("METHOD-DONE", name, flush=True)
 """
 

@@ -19,7 +19,8 @@ from vgid_dist.cluster.matrix import (
     validate,
 )
 from vgid_dist.cluster.tasks import CellTask, ReferenceTask
-from vgid_dist.config import ConfigError, load_run_config
+from vgid_dist.config import load_run_config
+from vgid_dist.errors import ConfigError
 
 
 def _matrix(tmp_path: Path, text: str) -> Path:

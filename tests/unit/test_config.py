@@ -10,12 +10,12 @@ import yaml
 
 from vgid_dist.config import (
     RECIPES_DIR,
-    ConfigError,
     RunConfig,
     load_run_config,
     packaged_recipes,
     resolve_ds_config,
 )
+from vgid_dist.errors import ConfigError
 
 BASE = {"model": {"path": "/m"}, "data": {"root": "/d"}, "method": {"name": "vgid"}}
 

@@ -10,11 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from vgid_dist.data import DataError, MLLMUBench
+from vgid_dist.data import MLLMUBench
 from vgid_dist.data.jsonl import read_jsonl_samples
 from vgid_dist.data.mllmu import profile_from_row
 from vgid_dist.data.sampler import StepSampler
 from vgid_dist.data.synthetic import png_bytes, write_synthetic_benchmark
+from vgid_dist.errors import DataError
 
 
 def test_synthetic_benchmark_has_the_official_layout(bench_dir):

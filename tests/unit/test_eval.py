@@ -11,6 +11,7 @@ from PIL import Image
 from vgid_dist.data import MLLMUBench
 from vgid_dist.data.schema import ImageRef
 from vgid_dist.data.synthetic import png_bytes
+from vgid_dist.errors import DataError
 from vgid_dist.eval.evaluator import (
     EvalOptions,
     Prediction,
@@ -190,7 +191,7 @@ def test_unusual_unicode_is_encoded_not_dropped(adapter):
 
 def test_prompt_with_a_stray_image_token_is_refused_by_name(adapter):
     token = adapter.tokenizer.convert_ids_to_tokens(adapter.image_token_id)
-    from vgid_dist.data.schema import DataError
+    from vgid_dist.errors import DataError
 
     with pytest.raises(DataError, match="image token"):
         encode(adapter, adapter.render(f"What is {token}?", False, "generation"), [])
@@ -248,7 +249,7 @@ def test_table3_reads_results_files_and_shows_missing_values(tmp_path):
     path.write_text(json.dumps(partial))
     table = table3_markdown({"base": RESULTS["base"], "vgid": path})
     assert "| vgid | 50.00% | - | - |" in table
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(DataError, match="nope.json"):
         table3_markdown({"x": tmp_path / "nope.json"})
 
 

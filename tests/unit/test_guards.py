@@ -10,7 +10,8 @@ import yaml
 
 from vgid_dist.config import RunConfig
 from vgid_dist.engine.guards import NonFiniteGuard, StopSignals, is_collective_failure
-from vgid_dist.engine.trainer import RunExistsError, check_same_config, trim_log
+from vgid_dist.engine.trainer import check_same_config, trim_log
+from vgid_dist.errors import RunExistsError
 
 
 def test_stop_signal_is_recorded_and_a_second_one_exits():

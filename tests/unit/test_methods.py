@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from vgid_dist.config import ConfigError, load_run_config
+from vgid_dist.config import load_run_config
 from vgid_dist.data.collate import Collator, ModelInputs
 from vgid_dist.data.mllmu import MLLMUBench
+from vgid_dist.errors import ConfigError
 from vgid_dist.methods import REGISTRY, StepBatch, build_method, method_class
 from vgid_dist.methods.ablations import IcuT, NoiseT
 from vgid_dist.methods.po import with_refusal

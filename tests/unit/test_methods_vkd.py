@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vgid_dist.config import ConfigError, load_run_config
+from vgid_dist.config import load_run_config
 from vgid_dist.data.collate import Collator, ModelInputs
 from vgid_dist.data.mllmu import MLLMUBench
+from vgid_dist.errors import ConfigError
 from vgid_dist.losses.representation import representation_sum
 from vgid_dist.methods import StepBatch, build_method, method_class
 from vgid_dist.models import load_adapter

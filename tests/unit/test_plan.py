@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from vgid_dist.cli import main
+from vgid_dist.errors import PlanError
 from vgid_dist.plan import (
     ARCHITECTURES,
     GB,
-    PlanError,
     RunShape,
     activation_bytes,
     architecture_from_config,

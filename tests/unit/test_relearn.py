@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from vgid_dist.data.mllmu import MLLMUBench
+from vgid_dist.errors import RelearnError
 from vgid_dist.eval.relearn import (
-    RelearnError,
     check_disjoint,
     format_recovery,
     plan_attack,

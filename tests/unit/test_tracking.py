@@ -54,7 +54,7 @@ def test_rank_1_never_touches_the_store(tmp_path):
     cb.on_step(1, {"loss": 1.0, "step_time_s": 0.1})
     cb.on_eval({"forget": {"gen_rougeL": 0.1}})
     cb.on_end({"steps": 1})
-    cb.fail()
+    cb.on_failure()
     assert cb.run_id is None and cb.error is None
     assert not (tmp_path / "store").exists()
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vgid_dist.errors import ConfigError
+
 # Slurm states after which a job will not write a result any more (a requeued job goes back to PENDING).
 # PREEMPTED is left out: a requeueable job passes through it on its way back to PENDING.
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
@@ -29,7 +31,7 @@ def slurm_available() -> bool:
 def choose_executor(kind: str) -> str:
     """``slurm``, ``local``, or ``auto``: Slurm when it answers, else local."""
     if kind not in ("auto", "slurm", "local"):
-        raise ValueError(f"--executor {kind!r}: expected slurm, local or auto")
+        raise ConfigError(f"--executor {kind!r}: expected slurm, local or auto")
     if kind == "auto":
         return "slurm" if slurm_available() else "local"
     return kind
@@ -74,7 +76,7 @@ def make_executor(kind: str, folder: Path, resources: dict[str, Any], job_name: 
         executor.update_parameters(**slurm_parameters(resources, job_name))
         return executor
     if resources["nodes"] != 1:
-        raise ValueError(f"job {job_name}: the local executor runs on this machine only; nodes must be 1, "
+        raise ConfigError(f"job {job_name}: the local executor runs on this machine only; nodes must be 1, "
                          f"got {resources['nodes']}")
     # Local job ids are process ids; submitit names each job's files after it in this one folder.
     executor = submitit.LocalExecutor(folder=folder / "local", **extra)

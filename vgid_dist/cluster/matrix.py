@@ -32,7 +32,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgid_dist.config import RECIPES_DIR, ConfigError, format_validation_error, load_recipe_dict
+from vgid_dist.config import RECIPES_DIR, format_validation_error, load_recipe_dict
+from vgid_dist.errors import ConfigError
 
 MATRICES_DIR = RECIPES_DIR / "matrices"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -19,8 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from vgid_dist.errors import TrackingError
 from vgid_dist.eval.report import table3_markdown, table6_markdown, tradeoff_figure
-from vgid_dist.tracking import KIND_TAG, SPLITS, RunRecord, Tracker, TrackingError
+from vgid_dist.tracking import KIND_TAG, SPLITS, RunRecord, Tracker
 
 # Table 3's row order in the paper; other methods follow alphabetically.
 ROW_ORDER = ["base", "icu", "ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid", "vkd",

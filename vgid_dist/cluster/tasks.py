@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-# train_entry's exit code for a run stopped by SIGTERM/SIGUSR1 after writing its checkpoint.
-INTERRUPTED = 128 + signal.SIGTERM
+from vgid_dist.errors import RunInterrupted
 
 
 def export_distributed_env() -> tuple[int, int]:
@@ -47,22 +45,21 @@ class CellTask:
         # Before anything heavy is imported: OMP_NUM_THREADS and the like only count if set first.
         os.environ.update(self.env)
         rank, world = export_distributed_env()
-        from vgid_dist.cli import train_entry
+        from vgid_dist.jobs import train_recipe
 
         out = Path(self.output_dir)
         if (out / "DONE").exists() and not self.force:
             # A requeue after training had finished (preempted during the final uploads): nothing to redo.
             print(f"[sweep] {self.name}: {out} is complete", flush=True)
         else:
-            code = train_entry(self.recipe, list(self.overrides), force=self.force)
-            if code == INTERRUPTED:
+            try:
+                train_recipe(self.recipe, list(self.overrides), force=self.force)
+            except RunInterrupted as exc:
                 # Stopped by a signal (Slurm preempting or cancelling the job) after a checkpoint: leave no
                 # result behind (submitit writes one only for a return or an Exception), so a requeued job
                 # resumes the cell and the sweep waits for it, while a cancelled one reads as ended.
-                raise SystemExit(code)
-            if code != 0:
-                raise RuntimeError(f"cell {self.name}: training exited with code {code} (the error is above in "
-                                   "this log)")
+                print(f"[sweep] {self.name}: {exc}", flush=True)
+                raise SystemExit(exc.exit_code) from None
         for attack in self.attacks:
             if attack == "relearn":
                 self._relearn(rank)
@@ -103,6 +100,7 @@ class CellTask:
         from vgid_dist.config import load_run_config
         from vgid_dist.eval.relearn import run_relearn
         from vgid_dist.eval.run import engine_options
+        from vgid_dist.tracking import callback_for
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
         out = cfg.resolved_output_dir()
@@ -112,9 +110,10 @@ class CellTask:
             result = json.loads(target.read_text())
         else:
             opts = replace(engine_options(cfg), seed=spec.seed)
+            tracker = callback_for(self.recipe)  # the attack's fine-tuning: a run of its own in the experiment
             result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.steps, spec.subset,
                                  out / "relearn", config=self.recipe, lora=spec.lora, lr=spec.lr, seed=spec.seed,
-                                 opts=opts, force=True)
+                                 opts=opts, force=True, callbacks=[tracker] if tracker is not None else [])
         if rank == 0 and result:
             from vgid_dist import tracking
 

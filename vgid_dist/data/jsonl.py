@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vgid_dist.data.schema import DataError, ImageRef, Sample
+from vgid_dist.data.schema import ImageRef, Sample
+from vgid_dist.errors import DataError
 
 
 def read_jsonl_samples(path: str | Path, split: str) -> list[Sample]:

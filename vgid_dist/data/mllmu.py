@@ -21,13 +21,13 @@ import numpy as np
 
 from vgid_dist.data.schema import (
     ClassificationQuestion,
-    DataError,
     ImageRef,
     OpenQuestion,
     Profile,
     Sample,
     origin,
 )
+from vgid_dist.errors import DataError
 
 FORGET_RATIOS = (5, 10, 15)
 EVAL_SPLITS = ("forget", "test", "retain", "celebrity")

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the row id and the field."""
+from vgid_dist.errors import DataError
 
 
 @dataclass(frozen=True)

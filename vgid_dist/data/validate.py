@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vgid_dist.data.collate import Collator
-from vgid_dist.data.schema import DataError, Sample
+from vgid_dist.data.schema import Sample
+from vgid_dist.errors import DataError
 
 
 @dataclass

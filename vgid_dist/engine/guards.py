@@ -7,24 +7,6 @@ import signal
 import threading
 
 
-class RunInterrupted(RuntimeError):
-    """A stop signal arrived; the run checkpointed at ``step`` and exits so that it can be resumed."""
-
-    def __init__(self, step: int, signame: str, checkpoint):
-        super().__init__(f"stopped by {signame} after step {step}; checkpoint {checkpoint}; run the same command "
-                         "again to resume")
-        self.step = step
-        self.signame = signame
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive optimiser steps had a non-finite loss."""
-
-
-class CollectiveError(RuntimeError):
-    """A collective failed or timed out; the message names the rank and the operation."""
-
-
 class StopSignals:
     """Records SIGTERM / SIGUSR1 / SIGUSR2 (Slurm sends one before the time limit and on preemption; submitit's
     is USR2) instead of dying mid-step.

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from vgid_dist.config import RunConfig, resolve_ds_config
+from vgid_dist.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -255,7 +256,7 @@ class DeepSpeedStrategy:
     def load_engine_checkpoint(self, engine, folder: Path, tag: str) -> dict:
         saved_world = self._saved_world_size(folder / tag)
         if saved_world is not None and saved_world != self.world_size:
-            raise ValueError(f"{folder / tag}: checkpoint written by {saved_world} ranks cannot resume on "
+            raise ConfigError(f"{folder / tag}: checkpoint written by {saved_world} ranks cannot resume on "
                              f"{self.world_size} (ZeRO shards are per rank); resume with {saved_world} ranks")
         _, state = engine.load_checkpoint(str(folder), tag=tag, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,30 +24,26 @@ import numpy as np
 import torch
 import yaml
 
-from vgid_dist.config import ConfigError, RunConfig, flatten
+from vgid_dist.config import RunConfig, flatten
 from vgid_dist.data.collate import Collator
 from vgid_dist.data.sampler import StepSampler
-from vgid_dist.data.schema import DataError
 from vgid_dist.data.validate import check_training_data
 from vgid_dist.engine.checkpoint import CheckpointManager
-from vgid_dist.engine.guards import (
-    CollectiveError,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    RunInterrupted,
-    StopSignals,
-    is_collective_failure,
-)
+from vgid_dist.engine.guards import NonFiniteGuard, StopSignals, is_collective_failure
 from vgid_dist.engine.runner import AdapterDisabledRunner, EngineRunner
 from vgid_dist.engine.strategy import DeepSpeedStrategy
 from vgid_dist.engine.throughput import ThroughputMeter
+from vgid_dist.errors import (
+    CollectiveError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    RunExistsError,
+    RunInterrupted,
+)
 from vgid_dist.methods import build_method
 from vgid_dist.models import load_adapter
 from vgid_dist.models.lora import apply_lora
-
-
-class RunExistsError(RuntimeError):
-    """The output folder holds a finished run (or another configuration's); never overwritten silently."""
 
 
 def check_same_config(out: Path, cfg: RunConfig, force: bool) -> None:
@@ -93,8 +88,20 @@ def format_duration(seconds: float) -> str:
 
 
 class Trainer:
-    """``callbacks``: objects with any of ``on_start(trainer)``, ``on_step(step, metrics)``,
-    ``on_eval(results)``, ``on_end(summary)`` (rank 0 and others alike; a callback decides where it acts)."""
+    """One run: ``setup -> train -> finish``.
+
+    ``callbacks`` are objects with any of these methods, called on every rank alike (a callback decides where it
+    acts; one that runs collectives must act on every rank):
+
+    - ``on_start(trainer)``: models built, resume state loaded, before the first step;
+    - ``on_step(step, metrics)``: after each optimiser step (1-based ``step``; ``metrics`` are the logged
+      values, and hold only ``nonfinite_skipped`` for a step skipped for a non-finite loss);
+    - ``on_model_saved(trainer)``: the final model is written, before ``metrics.json`` and ``DONE`` (what a
+      callback puts into ``trainer.summary`` lands in ``metrics.json``);
+    - ``on_eval(results)``: evaluation results, sent by whoever evaluated (``trainer.notify``);
+    - ``on_end(summary)``: ``DONE`` is written;
+    - ``on_failure(status)``: the run stopped with an exception (``engine.entry``).
+    """
 
     def __init__(self, cfg: RunConfig, *, force: bool = False, callbacks: list | None = None):
         self.cfg = cfg
@@ -190,9 +197,9 @@ class Trainer:
                      f"(checkpoint {self.checkpoints.latest()[1]})")
         if self.strategy.is_main:
             trim_log(self.out / "train_log.jsonl", self.start_step)
-        self._notify("on_start", self)
+        self.notify("on_start", self)
 
-    def _notify(self, event: str, *args) -> None:
+    def notify(self, event: str, *args) -> None:
         for cb in self.callbacks:
             handler = getattr(cb, event, None)
             if handler is not None:
@@ -261,18 +268,13 @@ class Trainer:
         log_path = self.out / "train_log.jsonl"
         start = time.perf_counter()
         samples_per_step = cfg.optim.batch_size * (2 if self.retain else 1)
-        evaluation = None
-        if cfg.eval.every_steps:
-            from vgid_dist.eval.run import EngineEvaluation
-
-            evaluation = EngineEvaluation(cfg)  # reads the benchmark once: a missing split fails before step 1
         signals = StopSignals()
         try:
-            self._train_loop(start, samples_per_step, log_path, evaluation, signals)
+            self._train_loop(start, samples_per_step, log_path, signals)
         finally:
             signals.close()
 
-    def _train_loop(self, start: float, samples_per_step: int, log_path: Path, evaluation, signals) -> None:
+    def _train_loop(self, start: float, samples_per_step: int, log_path: Path, signals) -> None:
         cfg = self.cfg
         last = None
         for step in range(self.start_step, self.total_steps):
@@ -286,7 +288,7 @@ class Trainer:
             if metrics is None:
                 self.log(f"step {done}/{self.total_steps} | skipped: non-finite loss on some rank "
                          f"({self.nonfinite.consecutive} in a row, {self.nonfinite.total} in all)")
-                self._notify("on_step", done, {"nonfinite_skipped": float(self.nonfinite.total)})
+                self.notify("on_step", done, {"nonfinite_skipped": float(self.nonfinite.total)})
                 if self.nonfinite.exhausted:
                     path = self.checkpoint(done)
                     raise NonFiniteLossError(
@@ -315,13 +317,7 @@ class Trainer:
                       f"{metrics['samples_per_s']:.1f} samples/s | eta {format_duration(eta)}", flush=True)
                 with log_path.open("a") as fh:
                     fh.write(json.dumps({"step": done, **metrics}) + "\n")
-            self._notify("on_step", done, metrics)
-            if evaluation is not None and done % cfg.eval.every_steps == 0:
-                # Every rank evaluates: under ZeRO-3 each generation step gathers shards from all of them.
-                results = evaluation.run(self.strategy, self.engine, self.adapter, self.out / f"eval_step{done}.json",
-                                         step=done)
-                self.log(f"[vgid] evaluated at step {done} -> {self.out / f'eval_step{done}.json'}")
-                self._notify("on_eval", results)
+            self.notify("on_step", done, metrics)
             # One small all-reduce per step: a signal seen by any rank stops every rank at the same step.
             if self.strategy.any_rank(signals.requested):
                 path = self.checkpoint(done)
@@ -342,18 +338,14 @@ class Trainer:
         else:
             self.strategy.save_pretrained(self.engine, self.adapter, model_dir)
         self.log(f"[vgid] saved {model_dir}")
-        if self.cfg.eval.at_end:
-            from vgid_dist.eval.run import evaluate_engine
-
-            self.summary["eval"] = evaluate_engine(self.cfg, self.strategy, self.engine, self.adapter, self.out)
-            self._notify("on_eval", self.summary["eval"])
+        self.notify("on_model_saved", self)
         if self.strategy.is_main:
             write_json_atomic(self.out / "metrics.json", self.summary)
             (self.out / "DONE").write_text(json.dumps({"finished": time.time()}))
         # The final model is saved: the resume state (optimiser shards: 12 bytes per parameter) goes.
         self.checkpoints.clear()
         self.throughput.close()
-        self._notify("on_end", self.summary)
+        self.notify("on_end", self.summary)
         self.strategy.barrier()
         return self.summary
 
@@ -361,13 +353,3 @@ class Trainer:
         self.setup()
         self.train()
         return self.finish()
-
-
-def run_training(cfg: RunConfig, *, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
-    trainer = Trainer(cfg, force=force, callbacks=callbacks)
-    try:
-        return trainer.run()
-    finally:
-        if getattr(trainer, "strategy", None) is not None:
-            trainer.strategy.close()
-        sys.stdout.flush()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from vgid_dist.data.collate import Collator, EncodedSample, ModelInputs
-from vgid_dist.data.schema import DataError
+from vgid_dist.errors import ConfigError, DataError
 from vgid_dist.eval import prompting
 from vgid_dist.eval.items import EvalItem
 from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, rouge_l
@@ -50,13 +50,13 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size {self.batch_size}: expected >= 1")
+            raise ConfigError(f"batch_size {self.batch_size}: expected >= 1")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens {self.max_new_tokens}: expected >= 1")
+            raise ConfigError(f"max_new_tokens {self.max_new_tokens}: expected >= 1")
         if self.few_shot < 0:
-            raise ValueError(f"few_shot {self.few_shot}: expected >= 0")
+            raise ConfigError(f"few_shot {self.few_shot}: expected >= 0")
         if self.mc_mode not in MC_MODES:
-            raise ValueError(f"mc_mode {self.mc_mode!r}: expected one of {MC_MODES}")
+            raise ConfigError(f"mc_mode {self.mc_mode!r}: expected one of {MC_MODES}")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from vgid_dist.data.collate import EncodedSample
-from vgid_dist.data.schema import DataError, ImageRef, Profile
+from vgid_dist.data.schema import ImageRef, Profile
+from vgid_dist.errors import DataError
 from vgid_dist.models.base import EncodedImage
 from vgid_dist.perturb import noise_rng
 from vgid_dist.prompts import CLOZE_SUFFIX, task_body

@@ -26,13 +26,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vgid_dist.assets import resolve_assets
+from vgid_dist.config import RunConfig, load_run_config, updated_config
+from vgid_dist.data.mllmu import MLLMUBench
+from vgid_dist.engine.entry import train
+from vgid_dist.errors import RelearnError
+from vgid_dist.eval.evaluator import EvalOptions
+from vgid_dist.eval.run import build_items, evaluate_model
 from vgid_dist.perturb import noise_rng
 
 METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
-
-
-class RelearnError(ValueError):
-    """A relearning attack that cannot be run as asked (too few profiles, overlapping sets)."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,6 @@ def check_disjoint(train_samples, eval_items) -> None:
 
 def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, train_root: str | None = None):
     """(plan, training pairs of the attacked profiles, evaluation items of the held-out profiles), checked."""
-    from vgid_dist.data.mllmu import MLLMUBench
-    from vgid_dist.eval.run import build_items
-
     bench = MLLMUBench(data_root, train_root)
     plan = split_forget_profiles(bench.split_ids("forget", forget_ratio), subset, seed)
     attacked, held = set(plan.attacked), set(plan.held_out)
@@ -108,40 +108,52 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def attack_config(config: str, overrides: list[str], *, model: str, data_root: str, forget_ratio: int,
+                  attacked: tuple[str, ...], steps: int, seed: int, out: Path, lora: bool, lr: float | None,
+                  batch_size: int | None) -> RunConfig:
+    """The fine-tuning run of the attack: ``config`` (a recipe giving optimiser, dtype and DeepSpeed settings,
+    with the user's ``overrides``) fitting the attacked profiles' forget pairs with the ``finetune`` method."""
+    cfg = load_run_config(config, overrides)
+    values = {"model.path": model, "data.root": data_root, "data.forget_ratio": forget_ratio,
+              "method": {"name": "finetune", "source": "forget", "profiles": list(attacked)},
+              "optim.max_steps": steps, "optim.seed": seed, "output_dir": str(out),
+              "eval.at_end": False, "eval.every_steps": 0}
+    if lr is not None:
+        values["optim.lr"] = lr
+    if batch_size is not None:
+        values["optim.batch_size"] = batch_size
+    if lora and cfg.model.lora is None:
+        values["model.lora"] = {}  # the adapter defaults (a recipe's own LoRA settings are kept)
+    # Model and data are given: only what the recipe still names as a packaged asset is built.
+    return resolve_assets(updated_config(cfg, values, f"relearning attack ({config})"))
+
+
 def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subset: float, out: str | Path, *,
                 config: str = "tiny", lora: bool = False, lr: float | None = None, batch_size: int | None = None,
-                seed: int = 0, opts=None, overrides: list[str] | None = None, force: bool = False) -> dict:
+                seed: int = 0, opts=None, overrides: list[str] | None = None, force: bool = False,
+                callbacks: list | tuple = ()) -> dict:
     """The attack on one model folder; returns {plan, before, after, recovery} (also in ``out/relearn.json``) on
-    rank 0, {} on the other ranks of a distributed run."""
-    from vgid_dist.cli import train_entry
-    from vgid_dist.eval.evaluator import EvalOptions
-    from vgid_dist.eval.run import evaluate_model
-
+    rank 0, {} on the other ranks of a distributed run. ``callbacks`` go to the fine-tuning run (tracking)."""
     if steps < 1:
         raise RelearnError(f"--steps {steps}: expected >= 1")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     opts = opts or EvalOptions(seed=seed)
-    plan, train, items = plan_attack(data_root, forget_ratio, subset, seed)
+    plan, train_pairs, items = plan_attack(data_root, forget_ratio, subset, seed)
+    # Validated before the first evaluation: a bad override costs seconds, not an evaluation.
+    cfg = attack_config(config, list(overrides or []), model=model, data_root=data_root, forget_ratio=forget_ratio,
+                        attacked=plan.attacked, steps=steps, seed=seed, out=out / "attack", lora=lora, lr=lr,
+                        batch_size=batch_size)
     if int(os.environ.get("RANK", "0")) == 0:  # every rank plans the same split; one writes it
         write_json_atomic(out / "plan.json", {"attacked": plan.attacked, "held_out": plan.held_out,
-                                              "train_pairs": len(train), "scored_questions": len(items),
+                                              "train_pairs": len(train_pairs), "scored_questions": len(items),
                                               "subset": subset, "seed": seed})
-    print(f"[relearn] {len(plan.attacked)} forget profiles attacked ({len(train)} pairs), {len(plan.held_out)} "
+    print(f"[relearn] {len(plan.attacked)} forget profiles attacked ({len(train_pairs)} pairs), {len(plan.held_out)} "
           f"held out ({len(items)} questions scored)", flush=True)
     held = set(plan.held_out)
     before = evaluate_model(model, data_root, forget_ratio, out / "before.json", opts=opts, splits=("forget",),
                             profiles=held)
-    run_overrides = [f"model.path={model}", f"data.root={data_root}", f"data.forget_ratio={forget_ratio}",
-                     f"method={{name: finetune, source: forget, profiles: {json.dumps(list(plan.attacked))}}}",
-                     f"optim.max_steps={steps}", f"optim.seed={seed}",
-                     f"output_dir={out / 'attack'}", "eval.at_end=false", "eval.every_steps=0",
-                     *([f"optim.lr={lr}"] if lr is not None else []),
-                     *([f"optim.batch_size={batch_size}"] if batch_size is not None else []),
-                     *(["model.lora={}"] if lora else []), *(overrides or [])]
-    code = train_entry(config, run_overrides, force=force)
-    if code != 0:
-        raise RelearnError(f"the attack's fine-tuning run failed (exit code {code}); see {out / 'attack'}")
+    train(cfg, force=force, callbacks=callbacks)
     attacked_model = out / "attack" / "model"
     after = evaluate_model(str(attacked_model), data_root, forget_ratio, out / "after.json", opts=opts,
                            splits=("forget",), profiles=held)

@@ -15,6 +15,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+from vgid_dist.errors import ConfigError, DataError
+
 SPLITS = ("forget", "test", "retain", "celebrity")
 # (split, metric, desired direction) in the paper's Table 3 column order.
 TABLE3_COLUMNS = [
@@ -44,11 +46,11 @@ def load_results(sources: Mapping[str, Source]) -> dict[str, dict]:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: results file of {name!r} not found") from None
+            raise DataError(f"{path}: results file of {name!r} not found") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+            raise DataError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict) or not any(s in data for s in SPLITS):
-            raise ValueError(f"{path}: expected an evaluation results JSON with splits {SPLITS} at the top level")
+            raise DataError(f"{path}: expected an evaluation results JSON with splits {SPLITS} at the top level")
         out[name] = data
     return out
 
@@ -92,7 +94,7 @@ def table6_markdown(rows: Mapping[str, Mapping[str, Source]], title: str | None 
     for name, settings in rows.items():
         unknown = set(settings) - {s for s, _ in ATTACK_SETTINGS}
         if unknown:
-            raise ValueError(f"row {name!r}: unknown attack setting(s) {sorted(unknown)}; expected 'w/o' and 'w/'")
+            raise ConfigError(f"row {name!r}: unknown attack setting(s) {sorted(unknown)}; expected 'w/o' and 'w/'")
         loaded = load_results(settings)
         cells = [fmt(m, (loaded.get(setting, {}).get(split) or {}).get(m)) for setting, (split, m, _) in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -121,10 +123,10 @@ def tradeoff_points(results: Mapping[str, Source], *, base: str = "base",
     retain-set ``metric``. Methods lacking either value are left out."""
     loaded = load_results(results)
     if base not in loaded:
-        raise ValueError(f"the trade-off needs the base model's results under {base!r}; got {sorted(loaded)}")
+        raise ConfigError(f"the trade-off needs the base model's results under {base!r}; got {sorted(loaded)}")
     base_forget = (loaded[base].get("forget") or {}).get(metric)
     if base_forget is None:
-        raise ValueError(f"results {base!r} have no forget-set {metric}")
+        raise DataError(f"results {base!r} have no forget-set {metric}")
     points = {}
     for name, res in loaded.items():
         forget, retain = (res.get("forget") or {}).get(metric), (res.get("retain") or {}).get(metric)

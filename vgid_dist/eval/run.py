@@ -129,12 +129,6 @@ class EngineEvaluation:
             module.train(was_training)
 
 
-def evaluate_engine(cfg, strategy, engine, adapter, out_dir: Path, *, out_name: str = "eval.json",
-                    step: int | None = None) -> dict | None:
-    """One evaluation of the student engine (ZeRO-3 shards stay where they are), to ``out_dir/out_name``."""
-    return EngineEvaluation(cfg).run(strategy, engine, adapter, Path(out_dir) / out_name, step=step)
-
-
 def steering_hooks(module: torch.nn.Module, adapter, steer: str | None):
     """The MLLMEraser hooks of the steering file ``steer`` on ``module`` (removed on exit); nothing when None."""
     if steer is None:

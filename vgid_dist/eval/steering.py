@@ -39,6 +39,7 @@ from typing import Literal
 import torch
 
 from vgid_dist.data.schema import Sample
+from vgid_dist.errors import ConfigError, DataError
 
 FORMAT = "vgid-mllmeraser-v1"
 
@@ -107,11 +108,11 @@ class Steering:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: steering file not found (build one with `vgid steer build`)")
+            raise DataError(f"{path}: steering file not found (build one with `vgid steer build`)")
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
             if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a steering file (metadata 'format' is {meta.get('format')!r}, "
+                raise DataError(f"{path}: not a steering file (metadata 'format' is {meta.get('format')!r}, "
                                  f"expected {FORMAT!r})")
             t = {k: fh.get_tensor(k) for k in fh.keys()}
         return cls(layers=[int(x) for x in t["layers"].tolist()], directions=t["directions"],
@@ -133,7 +134,7 @@ class SteeringHooks:
         self.scale = steering.scale if scale is None else scale
         self.layers = adapter.language_layers(model)
         if max(steering.layers + [steering.gate_layer]) >= len(self.layers):
-            raise ValueError(f"steering layers {steering.layers} / gate layer {steering.gate_layer}: this model has "
+            raise ConfigError(f"steering layers {steering.layers} / gate layer {steering.gate_layer}: this model has "
                              f"{len(self.layers)} decoder layers")
         self.handles: list = []
         self.strengths: torch.Tensor | None = None
@@ -242,13 +243,13 @@ def build_steering(model, adapter, forget: list[Sample], retain: list[Sample], p
     from vgid_dist.data.collate import Collator
 
     if not forget or not retain:
-        raise ValueError(f"steering: needs forget and retain pairs (got {len(forget)} forget, {len(retain)} retain)")
+        raise DataError(f"steering: needs forget and retain pairs (got {len(forget)} forget, {len(retain)} retain)")
     device = torch.device(device)
     num_layers = len(adapter.language_layers(model))
     layers = sorted(set(params.layers)) if params.layers else [num_layers // 2]
     gate_layer = params.gate_layer if params.gate_layer is not None else min(layers)
     if max(layers + [gate_layer]) >= num_layers:
-        raise ValueError(f"method.layers {layers} / gate_layer {gate_layer}: the model has {num_layers} decoder "
+        raise ConfigError(f"method.layers {layers} / gate_layer {gate_layer}: the model has {num_layers} decoder "
                          f"layers (0..{num_layers - 1})")
     forget = forget[:params.max_samples] if params.max_samples else forget
     retain = retain[:params.max_samples] if params.max_samples else retain

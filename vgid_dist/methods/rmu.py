@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from pydantic import ConfigDict, Field
 
-from vgid_dist.config import ConfigError
+from vgid_dist.errors import ConfigError
 from vgid_dist.losses import token_mean
 from vgid_dist.losses.preference import rmu_sum
 from vgid_dist.methods.base import LossOutput, MethodParams

@@ -32,8 +32,8 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
-from vgid_dist.config import ConfigError
 from vgid_dist.data.schema import Sample
+from vgid_dist.errors import ConfigError
 from vgid_dist.losses import token_mean
 from vgid_dist.losses.representation import representation_sum
 from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch

@@ -12,9 +12,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-
-class ModelFolderError(ValueError):
-    """A model path that is not a usable local Hugging Face folder."""
+from vgid_dist.errors import ModelFolderError
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from vgid_dist.errors import ConfigError
 from vgid_dist.models.export import make_readable
 
 ADAPTER_NAME = "default"
@@ -33,7 +34,7 @@ def lora_target_names(layers: torch.nn.ModuleList, targets: list[str] | str, pre
         if targets == "all-linear" or any(name == t or name.endswith(f".{t}") for t in targets):
             names.append(f"{prefix}.{name}")
     if not names:
-        raise ValueError(f"model.lora.targets: {targets!r} matches no linear layer of the language model's decoder "
+        raise ConfigError(f"model.lora.targets: {targets!r} matches no linear layer of the language model's decoder "
                          "layers (expected 'all-linear' or module names such as q_proj, v_proj, down_proj)")
     return names
 

@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vgid_dist.errors import TrackingError
 from vgid_dist.tracking.names import (
     DEFAULT_EXPERIMENT,
     EXPERIMENT_ENV,
     MODEL_ENV,
     PARENT_ENV,
     TRACKING_ENV,
-    TrackingError,
     enabled,
     step_metrics,
     tracking_uri,
@@ -56,7 +56,7 @@ class TrackingCallback:
             except Exception as exc:  # any store failure ends the run the same way
                 error = (f"MLflow tracking at {tracking_uri(self.uri)} failed: {type(exc).__name__}: {exc}. "
                          f"Start the server, point MLFLOW_TRACKING_URI elsewhere, or set {TRACKING_ENV}=off")
-                self.fail()
+                self.on_failure()
                 self.run_id = None
         # Every rank calls the broadcast (a collective): if rank 0 cannot track, all ranks stop here together
         # instead of the others waiting for it in the first training all-reduce.
@@ -100,7 +100,7 @@ class TrackingCallback:
             self.error = f"MLflow: finishing run {self.run_id} at {self._tracker.uri} failed: {exc}"
             print(f"[vgid] error: {self.error}", file=sys.stderr, flush=True)
 
-    def fail(self, status: str = "FAILED") -> None:
+    def on_failure(self, status: str = "FAILED") -> None:
         """The job stopped with an error (``KILLED`` for an interrupt): say so in the run."""
         if self.run_id is None:
             return
@@ -111,7 +111,7 @@ class TrackingCallback:
 
 
 def callback_for(config: str) -> TrackingCallback | None:
-    """The callback ``train_entry`` attaches, or None when ``VGID_TRACKING=off``. The ``model`` tag is the
+    """The callback a training job attaches, or None when ``VGID_TRACKING=off``. The ``model`` tag is the
     recipe's name unless ``VGID_MODEL_NAME`` says otherwise (a sweep cell sets it)."""
     if not enabled():
         return None

@@ -20,10 +20,6 @@ PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "vgid.kind"  # "train" (one per training job) or "sweep" (a sweep's parent)
 
 
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; the message names the URI and how to turn tracking off."""
-
-
 def enabled() -> bool:
     return os.environ.get(TRACKING_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
 

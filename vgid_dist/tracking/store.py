@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vgid_dist.tracking.names import PARENT_TAG, TrackingError, eval_metrics, tracking_uri
+from vgid_dist.errors import TrackingError
+from vgid_dist.tracking.names import PARENT_TAG, eval_metrics, tracking_uri
 
 
 def _quiet() -> None:
