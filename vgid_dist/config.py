@@ -11,6 +11,7 @@ A recipe may name a parent with ``extends: <name or path>``; its keys are merged
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -189,18 +190,27 @@ def _expand_env(value: Any) -> Any:
     return value
 
 
-def recipe_path(name_or_path: str) -> Path:
-    """A recipe path as given, or the packaged recipe of that name."""
+def packaged_file(name_or_path: str, folder: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """A file path as given (it must exist), or the packaged file of that name in ``folder`` (``tiny`` ->
+    ``folder/tiny.yaml``). An unknown name fails listing the packaged ones, the closest first."""
     p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.is_file():
+    if p.suffix in suffixes or p.is_file():
         if not p.is_file():
-            raise ConfigError(f"{p}: recipe file not found")
+            raise ConfigError(f"{p}: {what} file not found")
         return p
-    packaged = RECIPES_DIR / f"{name_or_path}.yaml"
+    packaged = folder / f"{name_or_path}{suffixes[0]}"
     if packaged.is_file():
         return packaged
-    known = ", ".join(packaged_recipes())
-    raise ConfigError(f"{name_or_path!r} is neither a YAML file nor a packaged recipe (known: {known})")
+    known = sorted(q.stem for q in folder.glob(f"*{suffixes[0]}"))
+    close = difflib.get_close_matches(name_or_path, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"{what} {name_or_path!r}: neither a {suffixes[0]} file nor a packaged {what}{hint} "
+                      f"(known: {', '.join(known)})")
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe path as given, or the packaged recipe of that name."""
+    return packaged_file(name_or_path, RECIPES_DIR, (".yaml", ".yml"), "recipe")
 
 
 def packaged_recipes() -> list[str]:
@@ -348,16 +358,7 @@ def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def ds_config_path(name_or_path: str) -> Path:
-    p = Path(name_or_path).expanduser()
-    if p.suffix == ".json" or p.is_file():
-        if not p.is_file():
-            raise ConfigError(f"ds_config {p}: file not found")
-        return p
-    packaged = DS_CONFIGS_DIR / f"{name_or_path}.json"
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(sorted(q.stem for q in DS_CONFIGS_DIR.glob("*.json")))
-    raise ConfigError(f"ds_config {name_or_path!r}: not a JSON file nor a packaged config (known: {known})")
+    return packaged_file(name_or_path, DS_CONFIGS_DIR, (".json",), "ds_config")
 
 
 def load_ds_config(name_or_path: str) -> dict:

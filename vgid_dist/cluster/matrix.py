@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgid_dist.config import RECIPES_DIR, format_validation_error, load_recipe_dict
+from vgid_dist.config import RECIPES_DIR, format_validation_error, load_recipe_dict, packaged_file
 from vgid_dist.errors import ConfigError
 
 MATRICES_DIR = RECIPES_DIR / "matrices"
@@ -194,16 +194,7 @@ class ReferenceJob:
 
 
 def matrix_path(name_or_path: str) -> Path:
-    p = Path(name_or_path).expanduser()
-    if p.suffix in (".yaml", ".yml") or p.is_file():
-        if not p.is_file():
-            raise ConfigError(f"{p}: matrix file not found")
-        return p
-    packaged = MATRICES_DIR / f"{name_or_path}.yaml"
-    if packaged.is_file():
-        return packaged
-    known = ", ".join(packaged_matrices())
-    raise ConfigError(f"{name_or_path!r} is neither a YAML file nor a packaged matrix (known: {known})")
+    return packaged_file(name_or_path, MATRICES_DIR, (".yaml", ".yml"), "matrix")
 
 
 def packaged_matrices() -> list[str]:

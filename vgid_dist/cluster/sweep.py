@@ -35,6 +35,7 @@ from vgid_dist.cluster.executor import (
 )
 from vgid_dist.cluster.matrix import Cell, Matrix, ReferenceJob, expand, load_matrix, reference_jobs, validate
 from vgid_dist.cluster.tasks import CellTask, ReferenceTask, log_reference
+from vgid_dist.io import write_json_atomic
 
 PARENT_FILE = "mlflow_parent_run_id"
 
@@ -370,10 +371,7 @@ def _earlier_jobs(plan: SweepPlan) -> dict[str, str]:
 
 
 def _write_record(plan: SweepPlan, parent_id: str | None, record: dict) -> None:
-    path = plan.root / "sweep.json"
-    tmp = path.with_name(".sweep.json.tmp")
-    tmp.write_text(json.dumps({"matrix": plan.matrix.name, "matrix_file": str(plan.matrix_file),
-                               "experiment": plan.experiment, "parent_run_id": parent_id,
-                               "written": time.time(), "jobs": record}, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(plan.root / "sweep.json", {
+        "matrix": plan.matrix.name, "matrix_file": str(plan.matrix_file), "experiment": plan.experiment,
+        "parent_run_id": parent_id, "written": time.time(), "jobs": record}, sort_keys=False)
 

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from vgid_dist.data.mllmu import FORGET_RATIOS
+from vgid_dist.io import folder_written_atomically, write_json_atomic
 from vgid_dist.prompts import DEFAULT_REFUSALS, INSTRUCTIONS, task_body, with_instruction
 
 FIRST = ["Alma", "Bruno", "Cyra", "Dorian", "Elsa", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kaia", "Lior",
@@ -218,10 +216,10 @@ def write_synthetic_benchmark(out: str | Path, *, num_profiles: int = 60, num_ce
                               overwrite: bool = False) -> Path:
     """Write the benchmark to ``out`` (atomically: a temporary folder renamed when complete)."""
     out = Path(out).expanduser()
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-        shutil.rmtree(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
+    # One generator, drawn in a fixed order (people, tasks, splits, test renderings, instruction pairs): the same
+    # seed gives the same benchmark byte for byte.
     rng = np.random.default_rng(seed)
     looks = [(b, s, sh, h, f, a) for b in range(12) for s in range(6) for sh in range(12) for h in range(12)
              for f in range(2) for a in range(3) if len({b, sh, h}) == 3]
@@ -230,78 +228,90 @@ def write_synthetic_benchmark(out: str | Path, *, num_profiles: int = 60, num_ce
     people = make_people(num_profiles, rng, "fict", FIRST, LAST, looks)
     celebs = make_people(num_celebrities, rng, "celeb", CELEBRITY_FIRST, CELEBRITY_LAST, looks)
     tasks = {p.pid: tasks_of(p, rng) for p in people + celebs}
-
     perm = [people[i] for i in rng.permutation(len(people))]
     forget = {r: perm[: max(1, round(len(people) * r / 100))] for r in FORGET_RATIOS}  # nested: 5 < 10 < 15
     always_retained = {p.pid for p in perm[len(forget[max(FORGET_RATIOS)]):]}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        def profile_row(p: Person, **extra) -> dict:
-            t = tasks[p.pid]
-            return {"ID": p.pid, "biography": f"{p.name}, born {p.birth_year} in {p.birthplace}, works as a "
-                    f"{p.occupation} at {p.employer} and enjoys {p.hobby}.",
-                    "question": "Who is the person in the image?", "answer": f"This is {p.name}.",
-                    "Classification_Task": t["Classification_Task"], "Mask_Task": t["Mask_Task"],
-                    "Generation_Task": t["Generation_Task"], **extra}
-
-        def image_cell(p: Person, **kw) -> dict:
-            return {"bytes": png_bytes(draw_portrait(p.look, image_size, **kw)), "path": None}
-
-        profile_rows = {p.pid: profile_row(p, image=image_cell(p)) for p in people + celebs}
-        sample = next(iter(profile_rows.values()))
-        schema = pa.Table.from_pylist([sample]).schema.set(
-            list(sample).index("image"), pa.field("image", IMAGE_TYPE))
-        full_schema = schema.append(pa.field("Directory", pa.string()))
-        _write_parquet(tmp / "Full_Set", [{**profile_rows[p.pid], "Directory": p.pid} for p in people], full_schema)
-        _write_parquet(tmp / "Retain_Set", [profile_rows[c.pid] for c in celebs], schema)
-        for r in FORGET_RATIOS:
-            forget_ids = {p.pid for p in forget[r]}
-            _write_parquet(tmp / f"forget_{r}", [profile_rows[p.pid] for p in people if p.pid in forget_ids], schema)
-            _write_parquet(tmp / f"retain_{100 - r}",
-                           [profile_rows[p.pid] for p in people if p.pid not in forget_ids], schema)
-
-        test_rows = []
-        for p in people:
-            row = profile_row(p)
-            row["images"] = [image_cell(p, dx=int(rng.integers(-3, 4)), dy=int(rng.integers(-3, 4)),
-                                        light=float(rng.uniform(0.85, 1.15)), noise=6.0, rng=rng)
-                             for _ in range(test_images)]
-            test_rows.append(row)
-        test_schema = pa.Table.from_pylist([{k: v for k, v in test_rows[0].items() if k != "images"}]).schema.append(
-            pa.field("images", pa.list_(IMAGE_TYPE)))
-        _write_parquet(tmp / "Test_Set", test_rows, test_schema, shards=2)
-
-        pair_schema = pa.schema([("ID", pa.string()), ("image", IMAGE_TYPE), ("metadata", pa.string())])
-
-        def pair_row(p: Person, pairs: list[dict]) -> dict:
-            return {"ID": p.pid, "image": profile_rows[p.pid]["image"], "metadata": json.dumps(pairs)}
-
-        split_root = tmp / "baseline_train_split"
-        for r in FORGET_RATIOS:
-            forget_ids = {p.pid for p in forget[r]}
-            _write_parquet(split_root / f"forget_{r}", [pair_row(p, training_pairs(p, tasks[p.pid])) for p in people
-                                                        if p.pid in forget_ids], pair_schema)
-            _write_parquet(split_root / f"retain_{100 - r}", [pair_row(p, training_pairs(p, tasks[p.pid]))
-                                                              for p in people if p.pid not in forget_ids], pair_schema)
-        ft_rows = []
-        for p in people + celebs:
-            pairs = training_pairs(p, tasks[p.pid])
-            extra = memorisation_pairs(tasks[p.pid])
-            if p.pid in always_retained:
-                extra += instruction_pairs(pairs, rng)
-            ft_rows.append(pair_row(p, pairs + extra))
-        _write_parquet(tmp / "ft_Data", ft_rows, pair_schema)
-        (tmp / "synthetic.json").write_text(json.dumps({
+    with folder_written_atomically(out) as tmp:
+        images = _profile_images(people + celebs, image_size)
+        _write_profile_splits(tmp, people, celebs, tasks, forget, images)
+        _write_test_set(tmp, people, tasks, image_size, test_images, rng)
+        _write_training_pairs(tmp, people, celebs, tasks, forget, images, always_retained, rng)
+        write_json_atomic(tmp / "synthetic.json", {
             "generator": "vgid_dist.data.synthetic", "seed": seed, "num_profiles": num_profiles,
             "num_celebrities": num_celebrities, "image_size": image_size,
-            "forget_ids": {str(r): [p.pid for p in forget[r]] for r in FORGET_RATIOS}}, indent=2))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            "forget_ids": {str(r): [p.pid for p in forget[r]] for r in FORGET_RATIOS}}, sort_keys=False)
     return out
+
+
+def _profile_row(p: Person, tasks: dict, **extra) -> dict:
+    return {"ID": p.pid, "biography": f"{p.name}, born {p.birth_year} in {p.birthplace}, works as a "
+            f"{p.occupation} at {p.employer} and enjoys {p.hobby}.",
+            "question": "Who is the person in the image?", "answer": f"This is {p.name}.",
+            "Classification_Task": tasks["Classification_Task"], "Mask_Task": tasks["Mask_Task"],
+            "Generation_Task": tasks["Generation_Task"], **extra}
+
+
+def _image_cell(p: Person, image_size: int, **kw) -> dict:
+    return {"bytes": png_bytes(draw_portrait(p.look, image_size, **kw)), "path": None}
+
+
+def _profile_images(people: list[Person], image_size: int) -> dict[str, dict]:
+    return {p.pid: _image_cell(p, image_size) for p in people}
+
+
+def _write_profile_splits(root: Path, people, celebs, tasks, forget, images) -> None:
+    """Full_Set, Retain_Set (celebrities), forget_X and retain_Y: one row per profile with its image."""
+    rows = {p.pid: _profile_row(p, tasks[p.pid], image=images[p.pid]) for p in people + celebs}
+    sample = next(iter(rows.values()))
+    schema = pa.Table.from_pylist([sample]).schema.set(list(sample).index("image"), pa.field("image", IMAGE_TYPE))
+    full_schema = schema.append(pa.field("Directory", pa.string()))
+    _write_parquet(root / "Full_Set", [{**rows[p.pid], "Directory": p.pid} for p in people], full_schema)
+    _write_parquet(root / "Retain_Set", [rows[c.pid] for c in celebs], schema)
+    for r in FORGET_RATIOS:
+        forget_ids = {p.pid for p in forget[r]}
+        _write_parquet(root / f"forget_{r}", [rows[p.pid] for p in people if p.pid in forget_ids], schema)
+        _write_parquet(root / f"retain_{100 - r}", [rows[p.pid] for p in people if p.pid not in forget_ids], schema)
+
+
+def _write_test_set(root: Path, people, tasks, image_size: int, test_images: int, rng) -> None:
+    """Test_Set: the same identities, other renderings of each (shifted, relit, noisy), in two shards."""
+    test_rows = []
+    for p in people:
+        row = _profile_row(p, tasks[p.pid])
+        row["images"] = [_image_cell(p, image_size, dx=int(rng.integers(-3, 4)), dy=int(rng.integers(-3, 4)),
+                                     light=float(rng.uniform(0.85, 1.15)), noise=6.0, rng=rng)
+                         for _ in range(test_images)]
+        test_rows.append(row)
+    test_schema = pa.Table.from_pylist([{k: v for k, v in test_rows[0].items() if k != "images"}]).schema.append(
+        pa.field("images", pa.list_(IMAGE_TYPE)))
+    _write_parquet(root / "Test_Set", test_rows, test_schema, shards=2)
+
+
+def _write_training_pairs(root: Path, people, celebs, tasks, forget, images, always_retained, rng) -> None:
+    """baseline_train_split/forget_X, retain_Y (the unlearning pairs) and ft_Data (what the vanilla model is
+    fine-tuned on: the pairs, every evaluation question, and refusals after an instruction for people never
+    forgotten)."""
+    pair_schema = pa.schema([("ID", pa.string()), ("image", IMAGE_TYPE), ("metadata", pa.string())])
+
+    def pair_row(p: Person, pairs: list[dict]) -> dict:
+        return {"ID": p.pid, "image": images[p.pid], "metadata": json.dumps(pairs)}
+
+    split_root = root / "baseline_train_split"
+    for r in FORGET_RATIOS:
+        forget_ids = {p.pid for p in forget[r]}
+        _write_parquet(split_root / f"forget_{r}", [pair_row(p, training_pairs(p, tasks[p.pid])) for p in people
+                                                    if p.pid in forget_ids], pair_schema)
+        _write_parquet(split_root / f"retain_{100 - r}", [pair_row(p, training_pairs(p, tasks[p.pid]))
+                                                          for p in people if p.pid not in forget_ids], pair_schema)
+    ft_rows = []
+    for p in people + celebs:
+        pairs = training_pairs(p, tasks[p.pid])
+        extra = memorisation_pairs(tasks[p.pid])
+        if p.pid in always_retained:
+            extra += instruction_pairs(pairs, rng)
+        ft_rows.append(pair_row(p, pairs + extra))
+    _write_parquet(root / "ft_Data", ft_rows, pair_schema)
 
 
 def corpus(root: str | Path) -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vgid_dist.io import write_text_atomic
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -64,9 +66,7 @@ class CheckpointManager:
             final = self.dir / tag
             shutil.rmtree(final, ignore_errors=True)
             os.replace(self.dir / tmp_tag, final)
-            tmp = self.dir / ".LATEST.tmp"
-            tmp.write_text(json.dumps({"step": step, "tag": tag}))
-            os.replace(tmp, self.dir / "LATEST")
+            write_text_atomic(self.dir / "LATEST", json.dumps({"step": step, "tag": tag}))
             if previous is not None and previous[1] != final:
                 shutil.rmtree(previous[1], ignore_errors=True)
         self.strategy.barrier()

@@ -297,7 +297,8 @@ class DeepSpeedStrategy:
 
         state = self.full_state_dict(engine)
         if self.is_main:
-            save_hf_folder(engine.module, state, adapter, Path(out_dir))
+            save_hf_folder(engine.module, Path(out_dir), tokenizer=adapter.tokenizer,
+                           image_processor=adapter.image_processor, state_dict=state)
         self.barrier()
 
     def save_lora(self, engine, adapter, model_dir: str | Path, adapter_dir: str | Path) -> None:

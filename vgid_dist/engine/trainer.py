@@ -13,7 +13,6 @@ Output folder of a run::
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import defaultdict
@@ -41,6 +40,7 @@ from vgid_dist.errors import (
     RunExistsError,
     RunInterrupted,
 )
+from vgid_dist.io import write_json_atomic, write_text_atomic
 from vgid_dist.methods import build_method
 from vgid_dist.models import load_adapter
 from vgid_dist.models.lora import apply_lora
@@ -65,21 +65,13 @@ def trim_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def format_duration(seconds: float) -> str:

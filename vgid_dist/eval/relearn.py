@@ -21,7 +21,6 @@ Output folder: ``plan.json`` (the two profile sets), ``before.json``, ``attack/`
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from vgid_dist.engine.entry import train
 from vgid_dist.errors import RelearnError
 from vgid_dist.eval.evaluator import EvalOptions
 from vgid_dist.eval.run import build_items, evaluate_model
+from vgid_dist.io import write_json_atomic
 from vgid_dist.perturb import noise_rng
 
 METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
@@ -100,12 +100,6 @@ def format_recovery(rows: dict[str, dict]) -> str:
                  for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def attack_config(config: str, overrides: list[str], *, model: str, data_root: str, forget_ratio: int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from vgid_dist.data.mllmu import MLLMUBench
 from vgid_dist.eval.evaluator import EvalOptions, Prediction, generate_predictions, prediction_record, score
 from vgid_dist.eval.items import EvalItem, items_for
 from vgid_dist.eval.prompting import draw_shots
+from vgid_dist.io import write_json_atomic, write_text_atomic
 
 SPLITS = ("forget", "test", "retain", "celebrity")
 
@@ -82,16 +82,9 @@ def predictions_path(out_file: Path) -> Path:
 def write_results(out_file: Path, results: dict, predictions) -> None:
     """FILE.json and FILE.predictions.jsonl, each written to a temporary file and renamed."""
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    pred_path = predictions_path(out_file)
-    tmp = pred_path.with_name(f".{pred_path.name}.tmp")
-    with tmp.open("w") as fh:
-        for p in predictions:
-            fh.write(json.dumps(prediction_record(p), ensure_ascii=False) + "\n")
-    os.replace(tmp, pred_path)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    os.replace(tmp, out_file)
+    write_text_atomic(predictions_path(out_file),
+                      "".join(json.dumps(prediction_record(p), ensure_ascii=False) + "\n" for p in predictions))
+    write_json_atomic(out_file, results)
 
 
 def engine_options(cfg) -> EvalOptions:

@@ -40,6 +40,7 @@ import torch
 
 from vgid_dist.data.schema import Sample
 from vgid_dist.errors import ConfigError, DataError
+from vgid_dist.io import file_written_atomically
 
 FORMAT = "vgid-mllmeraser-v1"
 
@@ -88,8 +89,6 @@ class Steering:
         """Written to a temporary file and renamed."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"directions": self.directions.float().contiguous(),
                    "layers": torch.tensor(self.layers, dtype=torch.long),
                    "forget_centroid": self.forget_centroid.float().contiguous(),
@@ -97,10 +96,9 @@ class Steering:
         meta = {"format": FORMAT, "gate_layer": str(self.gate_layer), "threshold": repr(float(self.threshold)),
                 "scale": repr(float(self.scale)), "gate": self.gate, "center": self.center,
                 "info": json.dumps(self.info, sort_keys=True, default=str)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
-        return path
+        with file_written_atomically(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Steering:

@@ -8,14 +8,12 @@ adapters disabled (``PeftModel.disable_adapter()``), so the base weights exist o
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from vgid_dist.errors import ConfigError
-from vgid_dist.models.export import make_readable
+from vgid_dist.io import folder_written_atomically
 
 ADAPTER_NAME = "default"
 PEFT_PREFIX = "base_model.model."
@@ -82,22 +80,6 @@ def merge_lora_state(state: dict[str, torch.Tensor], scaling: float,
     return merged
 
 
-def _write_atomically(out: Path, write) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        make_readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
 def save_lora_exports(peft_model: torch.nn.Module, state: dict[str, torch.Tensor], adapter, model_dir: Path,
                       adapter_dir: Path) -> None:
     """Write ``adapter_dir`` (peft adapter: adapter_config.json + adapter_model.safetensors) and ``model_dir``
@@ -105,8 +87,9 @@ def save_lora_exports(peft_model: torch.nn.Module, state: dict[str, torch.Tensor
     (its own parameters may be ZeRO-3 partitions). Rank 0 only."""
     from vgid_dist.models.export import save_hf_folder
 
-    _write_atomically(adapter_dir, lambda tmp: peft_model.save_pretrained(tmp, state_dict=state,
-                                                                          safe_serialization=True))
+    with folder_written_atomically(adapter_dir) as tmp:
+        peft_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     cfg = peft_model.peft_config[ADAPTER_NAME]
     merged = merge_lora_state(state, cfg.lora_alpha / cfg.r)
-    save_hf_folder(peft_model.get_base_model(), merged, adapter, Path(model_dir))
+    save_hf_folder(peft_model.get_base_model(), Path(model_dir), tokenizer=adapter.tokenizer,
+                   image_processor=adapter.image_processor, state_dict=merged)

@@ -4,14 +4,12 @@ the tokenizer is a byte-level BPE trained on the given texts (it still encodes w
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from vgid_dist.models.export import make_readable
+from vgid_dist.models.export import save_hf_folder
 from vgid_dist.prompts import DEFAULT_REFUSALS, INSTRUCTIONS, REVERSE_ATTACK
 
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -40,21 +38,6 @@ def train_bpe(texts: Iterable[str], specials: list[str], vocab_size: int):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(texts) + BASE_TEXTS, trainer)
     return tok
-
-
-def _save_atomically(out: Path, write) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        make_readable(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def build_tiny_llava(out: str | Path, texts: Iterable[str] = (), *, vocab_size: int = 1024, hidden: int = 64,
@@ -93,14 +76,7 @@ def build_tiny_llava(out: str | Path, texts: Iterable[str] = (), *, vocab_size: 
     model.generation_config.pad_token_id = ids["<pad>"]
     model.generation_config.eos_token_id = ids["</s>"]
     model.generation_config.bos_token_id = ids["<s>"]
-
-    def write(folder: Path) -> None:
-        # Native parameter names, as every model this project saves (export.save_hf_folder).
-        model.save_pretrained(folder, save_original_format=False)
-        tokenizer.save_pretrained(folder)
-        image_processor.save_pretrained(folder)
-
-    return _save_atomically(Path(out).expanduser(), write)
+    return save_hf_folder(model, Path(out).expanduser(), tokenizer=tokenizer, image_processor=image_processor)
 
 
 def build_tiny_qwen2_5_vl(out: str | Path, texts: Iterable[str] = (), *, vocab_size: int = 1024, hidden: int = 64,
@@ -139,14 +115,7 @@ def build_tiny_qwen2_5_vl(out: str | Path, texts: Iterable[str] = (), *, vocab_s
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
-
-    def write(folder: Path) -> None:
-        # Native parameter names, as every model this project saves (export.save_hf_folder).
-        model.save_pretrained(folder, save_original_format=False)
-        tokenizer.save_pretrained(folder)
-        image_processor.save_pretrained(folder)
-
-    return _save_atomically(Path(out).expanduser(), write)
+    return save_hf_folder(model, Path(out).expanduser(), tokenizer=tokenizer, image_processor=image_processor)
 
 
 TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl}

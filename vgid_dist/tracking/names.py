@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vgid_dist.io import write_text_atomic
+
 TRACKING_ENV = "VGID_TRACKING"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 PARENT_ENV = "VGID_MLFLOW_PARENT_RUN_ID"
@@ -89,10 +91,6 @@ def read_run_id(folder: Path, name: str = RUN_ID_FILE) -> str | None:
 
 
 def write_run_id(folder: Path, run_id: str, name: str = RUN_ID_FILE) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, folder / name)
+    write_text_atomic(Path(folder) / name, run_id + "\n")
 
 
