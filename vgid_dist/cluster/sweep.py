@@ -162,12 +162,47 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
     if tracker is not None:
         log(f"[sweep] MLflow {tracker.uri}: experiment {plan.experiment!r}, parent run {parent_id}")
 
-    submitted: dict[str, Any] = {}
     record: dict[str, dict] = {}
-    # (name, task, resources); task None: a job of an earlier submission, still queued or running, to wait for
-    # rather than submit twice.
-    queue: list[tuple[str, Any, dict]] = []
     earlier = {name: job_id for name, job_id in _earlier_jobs(plan).items() if kind == "slurm" and slurm_active(job_id)}
+    queue = _queue_cells(plan, tracker, exp_id, parent_id, earlier, record, log)
+    queue += _queue_references(plan, tracker, parent_id, earlier, record, log)
+    submitted, rejected, outcomes = _submit(plan, kind, queue, earlier, tracker, record, wait_timeout_s, log)
+    _write_record(plan, parent_id, record)
+
+    if not submitted and not rejected:
+        log("[sweep] nothing to run: every cell is finished")
+    if not wait and kind == "slurm":
+        if tracker is not None:
+            tracker.log(parent_id, tags={"vgid.sweep.state": "failed" if rejected else "submitted"})
+            tracker.set_status(parent_id, "FAILED" if rejected else "FINISHED")
+        log(f"[sweep] {len(submitted)} jobs queued; the same command with --wait waits for them, "
+            f"`vgid report --experiment {plan.experiment}` tabulates what has finished")
+        return 1 if rejected else 0
+    if kind == "slurm":
+        outcomes = wait_jobs(submitted, kind, timeout_s=wait_timeout_s, on_finish=_reporter(log))
+    failed = rejected + _settle(tracker, submitted, outcomes, record, log)
+    _write_record(plan, parent_id, record)
+    if tracker is not None:
+        tracker.log(parent_id, tags={"vgid.sweep.state": "failed" if failed else "complete"})
+        _report_into_parent(tracker, plan, parent_id, log)
+        tracker.set_status(parent_id, "FAILED" if failed else "FINISHED")
+    total = len(submitted) + len(rejected)
+    log(f"[sweep] {total - len(failed)} of {total} jobs finished" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# (name, task, resources); task None: a job of an earlier submission, still queued or running, to wait for rather
+# than submit twice.
+QueueEntry = tuple[str, Any, dict]
+
+
+def _queue_cells(plan: SweepPlan, tracker, exp_id, parent_id, earlier: dict[str, str], record: dict,
+                 log) -> list[QueueEntry]:
+    """The cells to submit (or to wait for); finished ones are skipped, finished folders the store lacks are
+    recorded. Each queued cell gets its child run now (SCHEDULED)."""
+    from vgid_dist import tracking
+
+    queue: list[QueueEntry] = []
     for cell in plan.cells:
         state, run_id = _cell_state(tracker, exp_id, cell)
         if state == "submit" and cell.name in earlier:
@@ -192,6 +227,14 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
                         attacks=list(cell.attacks), relearn=plan.matrix.relearn.model_dump())
         record[cell.name] = {"state": "submitted", "run_id": run_id, "output_dir": str(cell.output_dir)}
         queue.append((cell.name, task, cell.resources))
+    return queue
+
+
+def _queue_references(plan: SweepPlan, tracker, parent_id, earlier: dict[str, str], record: dict,
+                      log) -> list[QueueEntry]:
+    """The reference jobs with an evaluation still missing; results already on disk are logged on the parent
+    run when it lacks them."""
+    queue: list[QueueEntry] = []
     for ref in plan.references:
         missing = [(n, a) for n, a in ref.evaluations
                    if not (ref.folder / (f"{n}-{a}.json" if a else f"{n}.json")).is_file()]
@@ -213,8 +256,14 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
                              env=_job_env(plan, tracker, parent_id, ref.model))
         record[ref.name] = {"state": "submitted"}
         queue.append((ref.name, task, ref.resources))
+    return queue
 
+
+def _submit(plan: SweepPlan, kind: str, queue: list[QueueEntry], earlier: dict[str, str], tracker, record: dict,
+            wait_timeout_s: float | None, log) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """(submitted jobs by name, rejected names, outcomes of the local jobs, which run one at a time here)."""
     folder = plan.root / "submitit"
+    submitted: dict[str, Any] = {}
     outcomes: dict[str, str] = {}
     rejected: list[str] = []
     for name, task, resources in queue:
@@ -237,28 +286,7 @@ def run_sweep(matrix_ref: str, *, executor: str = "auto", wait: bool = False, ex
         if kind == "local":
             # One job at a time on this machine: concurrent jobs would fight over its cores and GPUs.
             outcomes.update(wait_jobs({name: job}, kind, timeout_s=wait_timeout_s, on_finish=_reporter(log)))
-    _write_record(plan, parent_id, record)
-
-    if not submitted and not rejected:
-        log("[sweep] nothing to run: every cell is finished")
-    if not wait and kind == "slurm":
-        if tracker is not None:
-            tracker.log(parent_id, tags={"vgid.sweep.state": "failed" if rejected else "submitted"})
-            tracker.set_status(parent_id, "FAILED" if rejected else "FINISHED")
-        log(f"[sweep] {len(submitted)} jobs queued; the same command with --wait waits for them, "
-            f"`vgid report --experiment {plan.experiment}` tabulates what has finished")
-        return 1 if rejected else 0
-    if kind == "slurm":
-        outcomes = wait_jobs(submitted, kind, timeout_s=wait_timeout_s, on_finish=_reporter(log))
-    failed = rejected + _settle(tracker, submitted, outcomes, record, log)
-    _write_record(plan, parent_id, record)
-    if tracker is not None:
-        tracker.log(parent_id, tags={"vgid.sweep.state": "failed" if failed else "complete"})
-        _report_into_parent(tracker, plan, parent_id, log)
-        tracker.set_status(parent_id, "FAILED" if failed else "FINISHED")
-    total = len(submitted) + len(rejected)
-    log(f"[sweep] {total - len(failed)} of {total} jobs finished" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+    return submitted, rejected, outcomes
 
 
 def _reporter(log):

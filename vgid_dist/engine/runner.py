@@ -8,6 +8,7 @@ from dataclasses import replace
 import torch
 
 from vgid_dist.data.collate import ModelInputs
+from vgid_dist.losses import fused_linear_kl
 
 
 class EngineRunner:
@@ -109,8 +110,6 @@ class EngineRunner:
         the partitioned parameter. The frozen head needs no backward and is gathered for the call only; when
         it is the student's own head (LoRA: adapters off), one GEMM serves both.
         """
-        from vgid_dist.losses.fused_kl import fused_linear_kl
-
         head = self.module.lm_head
         teacher_head = teacher.module.lm_head
         shared = teacher_head is head

@@ -31,7 +31,7 @@ from vgid_dist.engine.checkpoint import CheckpointManager
 from vgid_dist.engine.guards import NonFiniteGuard, StopSignals, is_collective_failure
 from vgid_dist.engine.runner import AdapterDisabledRunner, EngineRunner
 from vgid_dist.engine.strategy import DeepSpeedStrategy
-from vgid_dist.engine.throughput import ThroughputMeter
+from vgid_dist.engine.throughput import ThroughputMeter, model_params
 from vgid_dist.errors import (
     CollectiveError,
     ConfigError,
@@ -110,13 +110,37 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        """What can fail on the input fails here, cheapest first: the output folder, the model folder and the
+        data (before any process group), then the process group, the models, the resume state."""
         cfg = self.cfg
         if (self.out / "DONE").exists() and not self.force:
             raise RunExistsError(f"{self.out} holds a finished run (DONE present); choose another output_dir or "
                                  "pass --force to overwrite it")
         check_same_config(self.out, cfg, self.force)
         seed_everything(cfg.optim.seed)
-        # Model folder and data first: a bad path fails before a process group or a model is set up.
+        self._read_data()
+        self.strategy = DeepSpeedStrategy.for_run(cfg)
+        self.log(f"[vgid] data: {self.data_report.summary()}")
+        self.sampler = StepSampler(len(self.primary), len(self.retain), cfg.optim.batch_size,
+                                   self.strategy.world_size, self.strategy.rank, cfg.optim.grad_accum,
+                                   cfg.optim.seed, tuple(self.data_report.primary_lengths),
+                                   tuple(self.data_report.retain_lengths), cfg.optim.retain_per_forget)
+        self.total_steps = self.sampler.total_steps(cfg.optim.epochs, cfg.optim.max_steps)
+        if self.strategy.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "DONE").unlink(missing_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        self.log(f"[vgid] run {cfg.method.name} | model {cfg.model.path} ({self.adapter.family}, {cfg.model.dtype}) | "
+                 f"{len(self.primary)} primary + {len(self.retain)} retain samples | world {self.strategy.world_size} "
+                 f"| ZeRO-{self.strategy.zero_stage} | {self.total_steps} steps of {cfg.optim.batch_size} -> {self.out}")
+        self._build_models()
+        self._resume()
+        self.notify("on_start", self)
+
+    def _read_data(self) -> None:
+        """Model folder (adapter, tokenizer) and training samples, checked: unreadable images, people in both
+        splits, answers lost to truncation are found before any compute."""
+        cfg = self.cfg
         self.adapter = load_adapter(cfg.model.path, cfg.model.family)
         self.collator = Collator(self.adapter, cfg.data.max_length)
         self.method = build_method(cfg.method, self.collator, cfg.optim.seed)
@@ -130,25 +154,13 @@ class Trainer:
         if self.method.uses_retain and not self.retain:
             raise DataError(f"{cfg.data.root}: method {cfg.method.name!r} needs retain samples but the retain "
                             "split is empty")
-        # Unreadable images, people in both splits, answers lost to truncation: found before any compute.
         self.data_report = check_training_data(self.primary, self.retain, self.collator,
                                                check_overlap=self.method.uses_retain)
-        self.strategy = DeepSpeedStrategy.for_run(cfg)
-        self.log(f"[vgid] data: {self.data_report.summary()}")
-        self.sampler = StepSampler(len(self.primary), len(self.retain), cfg.optim.batch_size,
-                                   self.strategy.world_size, self.strategy.rank, cfg.optim.grad_accum,
-                                   cfg.optim.seed, tuple(self.data_report.primary_lengths),
-                                   tuple(self.data_report.retain_lengths), cfg.optim.retain_per_forget)
-        self.total_steps = self.sampler.total_steps(cfg.optim.epochs, cfg.optim.max_steps)
 
-        if self.strategy.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "DONE").unlink(missing_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        self.log(f"[vgid] run {cfg.method.name} | model {cfg.model.path} ({self.adapter.family}, {cfg.model.dtype}) | "
-                 f"{len(self.primary)} primary + {len(self.retain)} retain samples | world {self.strategy.world_size} "
-                 f"| ZeRO-{self.strategy.zero_stage} | {self.total_steps} steps of {cfg.optim.batch_size} -> {self.out}")
-
+    def _build_models(self) -> None:
+        """The student engine (LoRA adapters and the method's trainable set applied first) and the frozen
+        model the method needs: a second ZeRO-3 engine, or under LoRA the student with its adapters off."""
+        cfg = self.cfg
         attention = self.strategy.attention_impl()
         student_model = self.adapter.load_model(self.strategy.dtype, attention)
         if cfg.model.gradient_checkpointing:
@@ -157,17 +169,14 @@ class Trainer:
         if cfg.model.lora is not None:
             student_model = apply_lora(student_model, layers, cfg.model.lora)
         self.method.configure_trainable(student_model, layers)
-        # Counted before the engine is built; ZeRO-3 parameters loaded partitioned report their full size in
-        # ds_numel (numel() of a shard placeholder is 0).
-        self.trainable_params = sum(getattr(q, "ds_numel", q.numel()) for q in student_model.parameters()
-                                    if q.requires_grad)
+        # Counted before the engine is built (ZeRO-3 then partitions the parameters).
+        self.trainable_params = model_params(student_model, trainable_only=True)
         self.log(f"[vgid] trainable parameters: {self.trainable_params:,}")
         self.engine = self.strategy.build_student(student_model, self.total_steps)
         self.student = EngineRunner(self.engine, self.adapter, self.strategy.device, self.strategy.dtype, frozen=False,
                                     gather=self.strategy.gathered)
         self.frozen = None
         if self.method.needs_frozen and cfg.model.lora is not None:
-            # LoRA mode: the base model is the student's own engine with its adapters off; no second copy.
             self.frozen = AdapterDisabledRunner(self.student)
         elif self.method.needs_frozen:
             frozen_engine = self.strategy.build_frozen(self.adapter.load_model(self.strategy.dtype, attention))
@@ -177,6 +186,8 @@ class Trainer:
         self.throughput = ThroughputMeter(self.student.module, self.frozen.module if self.frozen else None,
                                           world_size=self.strategy.world_size, on_gpu=self.strategy.on_gpu,
                                           device=self.strategy.device)
+
+    def _resume(self) -> None:
         self.checkpoints = CheckpointManager(self.out, self.strategy)
         self.start_step = 0
         if self.force:
@@ -189,7 +200,6 @@ class Trainer:
                      f"(checkpoint {self.checkpoints.latest()[1]})")
         if self.strategy.is_main:
             trim_log(self.out / "train_log.jsonl", self.start_step)
-        self.notify("on_start", self)
 
     def notify(self, event: str, *args) -> None:
         for cb in self.callbacks:
