@@ -118,7 +118,7 @@ class Trainer:
         seed_everything(cfg.optim.seed)
         # Model folder and data first: a bad path fails before a process group or a model is set up.
         self.adapter = load_adapter(cfg.model.path, cfg.model.family)
-        self.collator = Collator(self.adapter, cfg.data.max_length)
+        self.collator = Collator(self.adapter, cfg.data.max_length, score_eos=cfg.data.score_eos)
         self.method = build_method(cfg.method, self.collator, cfg.optim.seed)
         if not self.method.trains:
             raise ConfigError(f"method.name: {cfg.method.name!r} does not train (it is evaluated on the base model: "
@@ -186,7 +186,24 @@ class Trainer:
                      f"(checkpoint {self.checkpoints.latest()[1]})")
         if self.strategy.is_main:
             trim_log(self.out / "train_log.jsonl", self.start_step)
+        self.calibration = self.calibrate_method()
         self._notify("on_start", self)
+
+    def calibrate_method(self) -> dict[str, float]:
+        """What the method measures on the frozen model before training (see ``Method.calibrates``), from the
+        first step's micro-batches of every rank: one frozen forward per micro-batch on each rank, then one
+        all-reduce of the sums."""
+        if not self.method.calibrates:
+            return {}
+        self.phase = "calibration"
+        batches = [b.to(self.strategy.device, self.strategy.dtype) for b in self.micro_batches(0)]
+        local = self.method.calibration_sums(batches, self.frozen)
+        keys = sorted(local)
+        self.phase = "calibration all-reduce"
+        totals = dict(zip(keys, self.strategy.all_reduce_sum([local[k] for k in keys])))
+        measured = self.method.calibrate(totals)
+        self.log("[vgid] calibrated on the first step: " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
+        return measured
 
     def _notify(self, event: str, *args) -> None:
         for cb in self.callbacks:
@@ -324,7 +341,7 @@ class Trainer:
                 self.checkpoint(done)
         self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,
                         "nonfinite_skipped": self.nonfinite.total, "resumed_from": self.start_step,
-                        "trainable_params": self.trainable_params,
+                        "trainable_params": self.trainable_params, "calibration": self.calibration,
                         "final": last or {}}
 
     # -- finish ---------------------------------------------------------------------------------------------------
