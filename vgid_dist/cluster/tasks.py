@@ -112,9 +112,10 @@ class CellTask:
             result = json.loads(target.read_text())
         else:
             opts = replace(engine_options(cfg), seed=spec.seed)
+            # lora: false means every weight, even when the recipe trains LoRA adapters.
             result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.steps, spec.subset,
                                  out / "relearn", config=self.recipe, lora=spec.lora, lr=spec.lr, seed=spec.seed,
-                                 opts=opts, force=True)
+                                 opts=opts, overrides=[] if spec.lora else ["model.lora=null"], force=True)
         if rank == 0 and result:
             from vgid_dist import tracking
 
