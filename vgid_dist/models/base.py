@@ -111,11 +111,12 @@ class FamilyAdapter(ABC):
     def processor_input(self, image: Image.Image) -> Image.Image:
         """``image`` resized (and cropped) exactly as the image processor does before rescaling: the
         resolution the vision tower sees (LLaVA-1.5: 336 x 336; Qwen2.5-VL: the image's own size rounded to
-        multiples of 28 within the processor's pixel budget). Processing this view again leaves it unchanged,
-        so noise drawn on it reaches the tower with the statistics it was drawn with, whatever the source size."""
+        multiples of 28 within the processor's pixel budget). Processing this view again leaves it unchanged
+        (for Qwen2.5-VL whenever the budget has room, min_pixels < max_pixels, as in the released configs), so
+        noise drawn on it reaches the tower with the statistics it was drawn with, whatever the source size."""
         out = self.image_processor(images=image.convert("RGB"), do_rescale=False, do_normalize=False,
                                    return_tensors="pt")
-        pixels = self.pixel_array({k: v for k, v in out.items()})
+        pixels = self.pixel_array(dict(out))
         return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0), mode="RGB")
 
     def viewable(self, tensors: dict[str, torch.Tensor]) -> Image.Image:
