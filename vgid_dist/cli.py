@@ -1,4 +1,4 @@
-"""The ``vgid`` command: demo, train, eval, steer, attack, sweep, report, ui."""
+"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, sweep, report, plan, ui."""
 
 from __future__ import annotations
 
@@ -13,6 +13,34 @@ def cmd_train(args) -> int:
     from vgid_dist.jobs import train_recipe
 
     train_recipe(args.config, args.overrides, force=args.force)
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from vgid_dist.config import load_run_config, recipe_path, resolved_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    print(f"# what a run of {args.config} uses ({recipe_path(args.config)}), every default filled in")
+    if cfg.model.lora is not None:
+        targets = cfg.model.lora.targets
+        print("# model.lora: adapters on the linear layers of the language model's decoder layers only ("
+              + ("all-linear: every one of them" if targets == "all-linear" else f"those named {targets}")
+              + "); never the vision tower, projector, embeddings or lm_head")
+    print(yaml.safe_dump(resolved_config(cfg), sort_keys=False), end="")
+    return 0
+
+
+def cmd_teacher_view(args) -> int:
+    import json
+
+    from vgid_dist.teacher_view import build_views, render, summary, summary_text, write_view
+
+    student, teacher, info = build_views(args.model, args.image, args.question, args.config, args.overrides)
+    out = write_view(render(student, teacher, info), args.out, force=args.force)
+    print(json.dumps(summary(student, teacher, info, out), indent=2) if args.json
+          else summary_text(student, teacher, out))
     return 0
 
 
@@ -179,6 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite a finished output_dir")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the resolved configuration of a recipe (what a run would use)")
+    p.add_argument("config", help="recipe YAML path or packaged recipe name")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("teacher-view", help="the student's and the teacher's processed images side by side, with "
+                                            "the teacher's prompt")
+    p.add_argument("--model", required=True, help="local Hugging Face model folder (its processor and tokenizer)")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--question", default="Who is the person in the image?")
+    p.add_argument("--config", default=None,
+                   help="recipe giving the method (vgid, icu_t, noise_t), its parameters and the seed "
+                        "(default: vgid's defaults, seed 42)")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--json", action="store_true",
+                   help="print per-channel mean/std of both processed pixel tensors (and the prompts) as JSON")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe (method.sigma=0.4)")
+    p.set_defaults(func=cmd_teacher_view)
 
     p = sub.add_parser("eval", help="evaluate a model folder on MLLMU-Bench")
     p.add_argument("--model", required=True, help="local Hugging Face model folder")

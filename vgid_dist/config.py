@@ -77,6 +77,11 @@ class DataConfig(StrictModel):
     max_length: int = Field(384, ge=16)
     """Text tokens per sample (prompt + answer); an image's tokens (576 for LLaVA-1.5) come on top. Answers
     are cut to fit; prompts are never cut."""
+    score_eos: bool = False
+    """Also make the token closing each answer (``</s>`` for LLaVA, ``<|im_end|>`` for Qwen2.5-VL) a scored
+    target. false: the answer's own tokens only, as the MLLMU-Bench and VGID reference training code does
+    (its training text ends with the answer). The tiny vanilla model, trained from scratch, sets true: it has
+    to learn to stop."""
 
 
 class OptimConfig(StrictModel):
@@ -339,6 +344,15 @@ def load_run_config(config: str, overrides: Iterable[str] = ()) -> RunConfig:
     data = apply_overrides(load_recipe_dict(config), overrides)
     source = str(recipe_path(config)) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     return build_run_config(data, source)
+
+
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """What a run of ``cfg`` uses, as plain data: every field with its given or default value, the method's
+    parameters filled from the method's own defaults, ``output_dir`` resolved (``vgid config``)."""
+    data = cfg.model_dump(mode="json")
+    data["method"] = {"name": cfg.method.name, **cfg.method.params().model_dump(mode="json", by_alias=True)}
+    data["output_dir"] = str(cfg.resolved_output_dir())
+    return data
 
 
 def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:

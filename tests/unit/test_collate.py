@@ -72,3 +72,30 @@ def test_shared_suffix_scores_every_common_position():
     assert s.prompt_ids == [1] and t.prompt_ids == [1, 4, 4]
     same, _ = shared_suffix(student, student)
     assert same.prompt_ids == [1] and len(same.answer_ids) == 6
+
+
+def test_the_end_of_sequence_token_is_not_a_target_by_default(adapter, bench_dir, monkeypatch):
+    """As the reference training code: the answer's own tokens are scored, not the token closing the turn
+    (data.score_eos: false, what the trainer's collator gets); score_eos: true adds exactly that token."""
+    from vgid_dist.config import load_run_config
+    from vgid_dist.engine import trainer as trainer_module
+
+    sample = MLLMUBench(bench_dir).train_samples("forget", 5)[0]
+    closing = adapter.tokenizer(adapter.answer_suffix(), add_special_tokens=False).input_ids
+    with_eos = Collator(adapter, 384, score_eos=True).encode(sample)
+    without = Collator(adapter, 384, score_eos=False).encode(sample)
+    assert with_eos.answer_ids[-len(closing):] == closing
+    assert without.answer_ids == with_eos.answer_ids[:-len(closing)] and without.answer_ids
+    assert without.prompt_ids == with_eos.prompt_ids
+    inputs = Collator(adapter, 384, score_eos=False).pad([without])
+    assert closing[-1] not in inputs.target_ids.tolist() and inputs.num_targets == len(without.answer_ids)
+
+    cfg = load_run_config("tiny")
+    assert cfg.data.score_eos is False and load_run_config("tiny-vanilla").data.score_eos is True
+    built = []
+    monkeypatch.setattr(trainer_module, "Collator", lambda *a, **k: built.append((a, k)) or None)
+    monkeypatch.setattr(trainer_module, "load_adapter", lambda *a: adapter)
+    monkeypatch.setattr(trainer_module, "build_method", lambda *a: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        trainer_module.Trainer(cfg.model_copy(update={"output_dir": str(bench_dir / "unused")})).setup()
+    assert built == [((adapter, cfg.data.max_length), {"score_eos": False})]

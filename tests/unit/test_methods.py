@@ -133,7 +133,7 @@ def test_idk_fits_refusals_and_retain_answers():
     assert out.loss.item() == pytest.approx(-logp(S[0], 2) - 2.0 * (logp(S[1], 0) + logp(S[2], 1)) / 2, rel=1e-6)
 
 
-def test_rmu_steers_forget_states_and_holds_retain_states(monkeypatch):
+def test_rmu_per_position_steers_forget_states_and_holds_retain_states(monkeypatch):
     inputs = toy_inputs([1, 1], [0, 0])  # scored position 1 of each row: forget row 0, retain row 1
     hidden = torch.zeros(2, 3, 2)
     hidden[0, 1] = torch.tensor([1.0, 1.0])
@@ -141,7 +141,8 @@ def test_rmu_steers_forget_states_and_holds_retain_states(monkeypatch):
     ref = torch.zeros(2, 3, 2)
     ref[0, 1] = torch.tensor([3.0, 4.0])  # norm 5
     ref[1, 1] = torch.tensor([1.0, 1.0])
-    rmu = method("rmu", layer=1, gamma=10.0, **{"lambda": 2.0})
+    rmu = method("rmu", variant="per_position", layer=1, gamma=10.0, **{"lambda": 2.0})
+    assert not rmu.calibrates
     monkeypatch.setattr(rmu, "direction", lambda size, device: torch.tensor([0.0, 1.0]))
     student, frozen = FakeRunner(hidden={id(inputs): hidden}), FakeRunner(hidden={id(inputs): ref})
     out = rmu.compute_loss(StepBatch({"student": inputs}, {"forget_tokens": 1, "retain_tokens": 1}), student, frozen,
@@ -152,21 +153,96 @@ def test_rmu_steers_forget_states_and_holds_retain_states(monkeypatch):
     assert student.calls == frozen.calls == [("layer_hidden", 1)]
 
 
-def test_rmu_direction_is_a_fixed_unit_vector_of_the_seed():
-    u = method("rmu", seed=3).direction(64, torch.device("cpu"))
-    assert u.norm().item() == pytest.approx(1.0, abs=1e-6)
-    assert torch.equal(u, method("rmu", seed=3).direction(64, torch.device("cpu")))
-    assert not torch.equal(u, method("rmu", seed=4).direction(64, torch.device("cpu")))
+def test_rmu_reference_setting_matches_the_reference_computation():
+    """WMDP / Adaptive RMU: u uniform in [0, 1) then normalised; c = lambda x the frozen model's mean norm over
+    the forget positions of the first step (both micro-batches); F.mse_loss on forget and retain states."""
+    torch.manual_seed(0)
+    hidden_size, seed, lam, gamma = 7, 11, 5.0, 3.0
+    rmu = method("rmu", seed=seed, layer=2, gamma=gamma, **{"lambda": lam})
+    assert rmu.params.variant == "reference" and rmu.params.trainable == "down_proj" and rmu.calibrates
+    # Two micro-batches of the first step: rows = (forget, forget, retain), (forget, retain, retain).
+    shapes = [([2, 3, 1], 2), ([1, 2, 2], 1)]
+    batches, frozen_states, student_states = [], {}, {}
+    for lengths, n_forget_rows in shapes:
+        inputs = toy_inputs(lengths, [0] * sum(lengths))
+        counts = {"forget_tokens": sum(lengths[:n_forget_rows]), "retain_tokens": sum(lengths[n_forget_rows:])}
+        frozen_states[id(inputs)] = torch.randn(len(lengths), inputs.input_ids.shape[1], hidden_size) * 3
+        student_states[id(inputs)] = torch.randn(len(lengths), inputs.input_ids.shape[1], hidden_size)
+        batches.append(StepBatch({"student": inputs}, counts))
+    frozen, student = FakeRunner(hidden=frozen_states), FakeRunner(hidden=student_states)
+    totals = rmu.calibration_sums(batches, frozen)
+    measured = rmu.calibrate(totals)  # one process: the local sums are the global ones
+
+    def at_targets(states, batch):
+        return states[id(batch.inputs["student"])][batch.inputs["student"].target_mask]
+
+    ref_forget = torch.cat([at_targets(frozen_states, b)[:b.counts["forget_tokens"]] for b in batches])
+    coeff = lam * ref_forget.norm(dim=-1).mean()
+    assert measured["rmu_steering_coeff"] == pytest.approx(coeff.item(), rel=1e-6)
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(hidden_size, generator=g)
+    u = u / u.norm()
+    global_counts = {k: sum(b.counts[k] for b in batches) for k in ("forget_tokens", "retain_tokens")}
+    loss = sum(rmu.compute_loss(b, student, frozen, global_counts).loss for b in batches)
+    h = [at_targets(student_states, b) for b in batches]
+    r = [at_targets(frozen_states, b) for b in batches]
+    n = [b.counts["forget_tokens"] for b in batches]
+    h_forget = torch.cat([x[:k] for x, k in zip(h, n)])
+    h_retain, r_retain = torch.cat([x[k:] for x, k in zip(h, n)]), torch.cat([x[k:] for x, k in zip(r, n)])
+    naive = (torch.nn.functional.mse_loss(h_forget, (coeff * u).expand_as(h_forget))
+             + gamma * torch.nn.functional.mse_loss(h_retain, r_retain))
+    assert loss.item() == pytest.approx(naive.item(), rel=1e-5)
 
 
-def test_rmu_trains_only_the_layers_up_to_its_own():
+def test_rmu_reference_coefficient_is_fixed_when_given_and_only_for_the_reference():
+    rmu = method("rmu", steering_coeff=6.5)
+    assert not rmu.calibrates and rmu.coefficient == 6.5
+    with pytest.raises(ValueError, match="method.steering_coeff: only the reference variant"):
+        method("rmu", variant="per_position", steering_coeff=6.5)
+
+
+def test_rmu_directions_are_fixed_unit_vectors_of_the_seed():
+    for variant in ("reference", "per_position"):
+        u = method("rmu", seed=3, variant=variant).direction(64, torch.device("cpu"))
+        assert u.norm().item() == pytest.approx(1.0, abs=1e-6)
+        assert torch.equal(u, method("rmu", seed=3, variant=variant).direction(64, torch.device("cpu")))
+        assert not torch.equal(u, method("rmu", seed=4, variant=variant).direction(64, torch.device("cpu")))
+        assert bool((u >= 0).all()) == (variant == "reference")  # uniform in [0, 1) before normalising
+
+
+def _toy_decoder(num_layers: int) -> torch.nn.Module:
     model = torch.nn.Module()
     model.embed = torch.nn.Embedding(4, 2)
-    model.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(3))
+    layers = []
+    for _ in range(num_layers):
+        layer = torch.nn.Module()
+        layer.self_attn = torch.nn.Linear(2, 2)
+        layer.mlp = torch.nn.Module()
+        layer.mlp.up_proj, layer.mlp.down_proj = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        layers.append(layer)
+    model.layers = torch.nn.ModuleList(layers)
     model.head = torch.nn.Linear(2, 4)
-    method("rmu", layer=1).configure_trainable(model, model.layers)
+    return model
+
+
+def test_rmu_trains_only_the_down_projection_of_its_layer_and_the_two_before():
+    for layer, trained in ((3, (1, 2, 3)), (1, (0, 1))):
+        model = _toy_decoder(5)
+        method("rmu", layer=layer).configure_trainable(model, model.layers)
+        assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+            f"layers.{i}.mlp.down_proj.{k}" for i in trained for k in ("weight", "bias")}
+    plain = torch.nn.Module()
+    plain.layers = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(3))
+    with pytest.raises(ConfigError, match="method.trainable: down_proj: .*no mlp.down_proj"):
+        method("rmu", layer=1).configure_trainable(plain, plain.layers)
+
+
+def test_rmu_up_to_layer_trains_the_layers_up_to_its_own():
+    model = _toy_decoder(3)
+    method("rmu", layer=1, trainable="up_to_layer").configure_trainable(model, model.layers)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"layers.{i}.{k}" for i in (0, 1) for k in ("weight", "bias")}
+    assert trainable == {f"layers.{i}.{m}.{k}" for i in (0, 1) for m in ("self_attn", "mlp.up_proj", "mlp.down_proj")
+                         for k in ("weight", "bias")}
     with pytest.raises(ValueError, match=r"method.layer: 3 .*it has 3"):
         method("rmu", layer=3).configure_trainable(model, model.layers)
 

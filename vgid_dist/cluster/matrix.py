@@ -17,6 +17,8 @@ A matrix is given as a path or as the name of a packaged one (``vgid_dist/recipe
       - match: {model: tiny, method: ga}
         overrides: [optim.lr=1e-4]
 
+A matrix may start from another with ``extends: <matrix>`` (its keys merged over the parent's).
+
 Each cell is a recipe plus ``key=value`` overrides with its own output_dir
 (``<root>/<model>/fr<ratio>/<method>[/seed<seed>]``). Resources merge matrix <- model <- method <- cell rule.
 """
@@ -32,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgid_dist.config import RECIPES_DIR, format_validation_error, load_recipe_dict, packaged_file
+from vgid_dist.config import RECIPES_DIR, deep_merge, format_validation_error, load_recipe_dict, packaged_file
 from vgid_dist.errors import ConfigError
 
 MATRICES_DIR = RECIPES_DIR / "matrices"
@@ -201,14 +203,28 @@ def packaged_matrices() -> list[str]:
     return sorted(p.stem for p in MATRICES_DIR.glob("*.yaml"))
 
 
-def load_matrix(name_or_path: str) -> tuple[Matrix, Path]:
+def load_matrix_dict(name_or_path: str, _seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+    """The matrix as plain data, with an ``extends: <matrix name or path>`` parent merged under it (the
+    child's keys win; mappings such as ``methods`` merge key by key, lists such as ``overrides`` replace)."""
     path = matrix_path(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        local = path.parent / str(parent)
+        ref = str(local) if local.suffix in (".yaml", ".yml") and local.is_file() else str(parent)
+        data = deep_merge(load_matrix_dict(ref, _seen + (path.resolve(),))[0], data)
+    return data, path
+
+
+def load_matrix(name_or_path: str) -> tuple[Matrix, Path]:
+    data, path = load_matrix_dict(name_or_path)
     try:
         return Matrix.model_validate(data), path
     except ValidationError as exc:

@@ -71,11 +71,15 @@ def shared_suffix(student: EncodedSample, teacher: EncodedSample) -> tuple[Encod
 
 
 class Collator:
-    """Encodes samples for one adapter and pads them into ModelInputs."""
+    """Encodes samples for one adapter and pads them into ModelInputs.
 
-    def __init__(self, adapter, max_length: int):
+    ``score_eos``: an answer ends with the token closing the turn (``</s>``, ``<|im_end|>``), which is then a
+    scored target; false: the answer's own tokens only (the trainer passes ``data.score_eos``)."""
+
+    def __init__(self, adapter, max_length: int, score_eos: bool = True):
         self.adapter = adapter
         self.max_length = max_length
+        self.score_eos = score_eos
 
     def encode(self, sample: Sample, *, question: str | None = None, image: Image.Image | None | str = "sample",
                answer_ids: list[int] | None = None, template: str | None = None) -> EncodedSample:
@@ -90,7 +94,7 @@ class Collator:
         prompt_ids = self.adapter.tokenize_prompt(prompt, encoded_image)
         truncated = 0
         if answer_ids is None:
-            answer_ids = self.adapter.answer_ids(prompt, sample.answer)
+            answer_ids = self.adapter.answer_ids(prompt, sample.answer, close=self.score_eos)
             # max_length counts text tokens: the image's placeholder tokens are a fixed cost of the
             # family (576 for LLaVA-1.5), not part of the budget a recipe sets.
             image_tokens = encoded_image.num_tokens if encoded_image is not None else 0

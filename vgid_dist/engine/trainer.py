@@ -135,6 +135,7 @@ class Trainer:
                  f"| ZeRO-{self.strategy.zero_stage} | {self.total_steps} steps of {cfg.optim.batch_size} -> {self.out}")
         self._build_models()
         self._resume()
+        self.calibration = self.calibrate_method()
         self.notify("on_start", self)
 
     def _read_data(self) -> None:
@@ -142,7 +143,7 @@ class Trainer:
         splits, answers lost to truncation are found before any compute."""
         cfg = self.cfg
         self.adapter = load_adapter(cfg.model.path, cfg.model.family)
-        self.collator = Collator(self.adapter, cfg.data.max_length)
+        self.collator = Collator(self.adapter, cfg.data.max_length, score_eos=cfg.data.score_eos)
         self.method = build_method(cfg.method, self.collator, cfg.optim.seed)
         if not self.method.trains:
             raise ConfigError(f"method.name: {cfg.method.name!r} does not train (it is evaluated on the base model: "
@@ -200,6 +201,22 @@ class Trainer:
                      f"(checkpoint {self.checkpoints.latest()[1]})")
         if self.strategy.is_main:
             trim_log(self.out / "train_log.jsonl", self.start_step)
+
+    def calibrate_method(self) -> dict[str, float]:
+        """What the method measures on the frozen model before training (see ``Method.calibrates``), from the
+        first step's micro-batches of every rank: one frozen forward per micro-batch on each rank, then one
+        all-reduce of the sums."""
+        if not self.method.calibrates:
+            return {}
+        self.phase = "calibration"
+        batches = [b.to(self.strategy.device, self.strategy.dtype) for b in self.micro_batches(0)]
+        local = self.method.calibration_sums(batches, self.frozen)
+        keys = sorted(local)
+        self.phase = "calibration all-reduce"
+        totals = dict(zip(keys, self.strategy.all_reduce_sum([local[k] for k in keys])))
+        measured = self.method.calibrate(totals)
+        self.log("[vgid] calibrated on the first step: " + ", ".join(f"{k} {v:.4g}" for k, v in measured.items()))
+        return measured
 
     def notify(self, event: str, *args) -> None:
         for cb in self.callbacks:
@@ -329,7 +346,7 @@ class Trainer:
                 self.checkpoint(done)
         self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,
                         "nonfinite_skipped": self.nonfinite.total, "resumed_from": self.start_step,
-                        "trainable_params": self.trainable_params,
+                        "trainable_params": self.trainable_params, "calibration": self.calibration,
                         "final": last or {}}
 
     # -- finish ---------------------------------------------------------------------------------------------------

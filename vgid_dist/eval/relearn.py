@@ -116,8 +116,9 @@ def attack_config(config: str, overrides: list[str], *, model: str, data_root: s
         values["optim.lr"] = lr
     if batch_size is not None:
         values["optim.batch_size"] = batch_size
-    if lora and cfg.model.lora is None:
-        values["model.lora"] = {}  # the adapter defaults (a recipe's own LoRA settings are kept)
+    # lora: the recipe's adapters (their defaults when it has none); else every weight, even when the recipe
+    # trains LoRA adapters.
+    values["model.lora"] = ({} if cfg.model.lora is None else cfg.model.lora.model_dump()) if lora else None
     # Model and data are given: only what the recipe still names as a packaged asset is built.
     return resolve_assets(updated_config(cfg, values, f"relearning attack ({config})"))
 

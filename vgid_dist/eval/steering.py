@@ -222,7 +222,8 @@ def erasure_rows(collator, samples: list[Sample], params, seed: int):
         image = None
         if sample.image is not None:
             image = perturb_image(sample.image.load(), params.perturbation, sigma=params.sigma,
-                                  rng=noise_rng(seed, "mllmeraser", sample.sample_id))
+                                  rng=noise_rng(seed, "mllmeraser", sample.sample_id),
+                                  view=collator.adapter.processor_input)
         if params.erasure_text == "instruction":
             erasure.append(collator.encode(sample, question=with_instruction(sample.question,
                                                                              params.instruction_style),

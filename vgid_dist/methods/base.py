@@ -91,6 +91,21 @@ class Method:
         parameters it must not train (only ever off: LoRA mode has already frozen the base weights).
         ``layers`` are the language model's decoder layers. Default: train what the run trains."""
 
+    # A method may measure something on the frozen model once before training (RMU's steering coefficient):
+    # ``calibrates`` says whether; ``calibration_sums`` returns local sums over the first step's micro-batches
+    # (every rank calls it with as many batches); ``calibrate`` receives those sums added over all ranks and
+    # returns what to log. The first step's batches are a function of the seed, so a resumed run measures the
+    # same values.
+    @property
+    def calibrates(self) -> bool:
+        return False
+
+    def calibration_sums(self, batches: list[StepBatch], frozen: ModelRunner | None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def calibrate(self, totals: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
     def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:
         raise NotImplementedError
 

@@ -50,7 +50,9 @@ class Vgid(Method):
         question = with_instruction(sample.question, p.instruction_style) if self.use_instruction else sample.question
         image = sample.image.load() if sample.image is not None else None
         if image is not None and self.use_perturbation:
-            image = perturb_image(image, p.perturbation, sigma=p.sigma, rng=noise_rng(self.seed, sample.sample_id, epoch))
+            image = perturb_image(image, p.perturbation, sigma=p.sigma,
+                                  rng=noise_rng(self.seed, sample.sample_id, epoch),
+                                  view=self.collator.adapter.processor_input)
         return self.collator.encode(sample, question=question, image=image, answer_ids=student_enc.answer_ids)
 
     def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:

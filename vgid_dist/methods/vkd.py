@@ -123,7 +123,8 @@ class Vkd(Method):
     def perturbed_image(self, sample: Sample, epoch: int):
         p = self.params
         return perturb_image(sample.image.load(), p.perturbation, sigma=p.sigma,
-                             rng=noise_rng(self.seed, sample.sample_id, epoch))
+                             rng=noise_rng(self.seed, sample.sample_id, epoch),
+                             view=self.collator.adapter.processor_input)
 
     def image_positions(self, inputs):
         """``inputs`` with ``target_mask`` = the image-token positions ([B, L] bool) and ``target_ids`` the

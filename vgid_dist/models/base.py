@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -91,13 +92,38 @@ class FamilyAdapter(ABC):
     def answer_suffix(self) -> str:
         """Text closing an answer (end of turn)."""
 
-    def answer_text(self, prompt: str, answer: str) -> str:
+    def answer_text(self, prompt: str, answer: str, close: bool = True) -> str:
+        """The text following ``prompt``: the answer, then (``close``) the token ending the turn."""
         sep = "" if prompt.endswith((" ", "\n")) else " "
-        return f"{sep}{answer}{self.answer_suffix()}"
+        return f"{sep}{answer}{self.answer_suffix() if close else ''}"
 
     # -- encoding --------------------------------------------------------------------------------------------------
     @abstractmethod
     def encode_image(self, image: Image.Image) -> EncodedImage: ...
+
+    @abstractmethod
+    def pixel_array(self, tensors: dict[str, torch.Tensor]) -> np.ndarray:
+        """One image's processed pixels (``EncodedImage.tensors``) as the vision tower's input picture,
+        [3, H, W] float32 in the processor's units (normalised unless the processor was told otherwise)."""
+
+    def processor_input(self, image: Image.Image) -> Image.Image:
+        """``image`` resized (and cropped) exactly as the image processor does before rescaling: the
+        resolution the vision tower sees (LLaVA-1.5: 336 x 336; Qwen2.5-VL: the image's own size rounded to
+        multiples of 28 within the processor's pixel budget). Processing this view again leaves it unchanged
+        (for Qwen2.5-VL whenever the budget has room, min_pixels < max_pixels, as in the released configs), so
+        noise drawn on it reaches the tower with the statistics it was drawn with, whatever the source size."""
+        out = self.image_processor(images=image.convert("RGB"), do_rescale=False, do_normalize=False,
+                                   return_tensors="pt")
+        pixels = self.pixel_array(dict(out))
+        return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8).transpose(1, 2, 0), mode="RGB")
+
+    def viewable(self, tensors: dict[str, torch.Tensor]) -> Image.Image:
+        """Processed (normalised) pixels turned back into a picture: x * std + mean, in 0-255."""
+        pixels = self.pixel_array(tensors)
+        mean = np.asarray(self.image_processor.image_mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.image_processor.image_std, dtype=np.float32).reshape(3, 1, 1)
+        rgb = np.clip(np.rint((pixels * std + mean) * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(rgb.transpose(1, 2, 0), mode="RGB")
 
     def tokenize_prompt(self, prompt: str, image: EncodedImage | None) -> list[int]:
         ids = self.tokenizer(prompt, add_special_tokens=self.add_special_tokens).input_ids
@@ -111,10 +137,11 @@ class FamilyAdapter(ABC):
 
     add_special_tokens: ClassVar[bool] = True
 
-    def answer_ids(self, prompt: str, answer: str) -> list[int]:
+    def answer_ids(self, prompt: str, answer: str, close: bool = True) -> list[int]:
         """Token ids of the answer as they follow this prompt (tokenised jointly, so boundary merges match
-        what the model sees; the answer ids are then shared by every prompt ending the same way)."""
-        text = self.answer_text(prompt, answer)
+        what the model sees; the answer ids are then shared by every prompt ending the same way). ``close``:
+        with the token ending the turn (``answer_suffix``)."""
+        text = self.answer_text(prompt, answer, close)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=self.add_special_tokens).input_ids
         full = self.tokenizer(prompt + text, add_special_tokens=self.add_special_tokens).input_ids
         if full[: len(prompt_ids)] == prompt_ids:

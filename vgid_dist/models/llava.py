@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
 from PIL import Image
 
 from vgid_dist.models.base import EncodedImage, FamilyAdapter, first_tensor
@@ -49,6 +51,9 @@ class LlavaAdapter(FamilyAdapter):
     def encode_image(self, image: Image.Image) -> EncodedImage:
         pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
         return EncodedImage({"pixel_values": pixels}, self.num_image_tokens)
+
+    def pixel_array(self, tensors: dict[str, torch.Tensor]) -> np.ndarray:
+        return tensors["pixel_values"][0].detach().float().cpu().numpy()
 
     def image_features(self, model, pixel_inputs):
         out = model.get_image_features(pixel_values=pixel_inputs["pixel_values"])
