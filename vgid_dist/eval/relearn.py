@@ -71,7 +71,8 @@ def check_disjoint(train_samples, eval_items) -> None:
         raise RelearnError("relearning attack: the held-out profiles have no evaluation questions")
 
 
-def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, train_root: str | None = None):
+def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, train_root: str | None = None,
+                protocol: str = "official"):
     """(plan, training pairs of the attacked profiles, evaluation items of the held-out profiles), checked."""
     from vgid_dist.data.mllmu import MLLMUBench
     from vgid_dist.eval.run import build_items
@@ -80,7 +81,8 @@ def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, tra
     plan = split_forget_profiles(bench.split_ids("forget", forget_ratio), subset, seed)
     attacked, held = set(plan.attacked), set(plan.held_out)
     train = [s for s in bench.train_samples("forget", forget_ratio) if s.profile_id in attacked]
-    items = [it for it in build_items(bench, forget_ratio, ("forget",), seed) if it.profile_id in held]
+    items = [it for it in build_items(bench, forget_ratio, ("forget",), seed, protocol=protocol)
+             if it.profile_id in held]
     check_disjoint(train, items)
     return plan, train, items
 
@@ -122,7 +124,7 @@ def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subse
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     opts = opts or EvalOptions(seed=seed)
-    plan, train, items = plan_attack(data_root, forget_ratio, subset, seed)
+    plan, train, items = plan_attack(data_root, forget_ratio, subset, seed, protocol=opts.protocol)
     if int(os.environ.get("RANK", "0")) == 0:  # every rank plans the same split; one writes it
         write_json_atomic(out / "plan.json", {"attacked": plan.attacked, "held_out": plan.held_out,
                                               "train_pairs": len(train), "scored_questions": len(items),
