@@ -21,7 +21,7 @@ from vgid_dist.errors import ConfigError
 TINY_PREFIX = "@tiny/"
 # Bumped whenever the synthetic benchmark or the tiny vanilla recipe changes, so caches built by an older
 # version are not reused.
-ASSETS_VERSION = 4
+ASSETS_VERSION = 5
 
 
 def cache_dir() -> Path:

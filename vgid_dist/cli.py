@@ -8,6 +8,10 @@ from pathlib import Path
 
 from vgid_dist.errors import ConfigError, PlanError, VgidError
 
+PROTOCOL_HELP = ("official (default): the official MLLMU-Bench evaluator's solved examples before classification "
+                 "and cloze questions, its Test_Set image draws and reply parsing, seeded; zero-shot: no "
+                 "examples, one Test_Set image per profile, lenient class_acc")
+
 
 def cmd_train(args) -> int:
     from vgid_dist.jobs import train_recipe
@@ -49,15 +53,16 @@ def cmd_eval(args) -> int:
     from vgid_dist.eval.run import evaluate_model
 
     opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
-                       attack=args.attack, seed=args.seed, few_shot=args.few_shot, mc_mode=args.mc_mode,
+                       attack=args.attack, seed=args.seed, protocol=args.protocol, mc_mode=args.mc_mode,
                        steer=args.steer)
     results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
                              splits=args.splits, limit=args.limit)
     if results is not None:
-        from vgid_dist.eval.report import format_split_table
+        from vgid_dist.eval.report import format_split_table, format_type_table
 
         print(format_split_table({"model": results}))
-        print(f"results: {args.out}")
+        print(format_type_table(results))
+        print(f"results: {args.out} (protocol {opts.protocol}, seed {opts.seed})")
     return 0
 
 
@@ -102,7 +107,7 @@ def cmd_attack_relearn(args) -> int:
 
     rows = {}
     opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       steer=args.steer)
+                       protocol=args.protocol, steer=args.steer)
     for model in args.model:
         name = Path(model).parent.name if Path(model).name == "model" else Path(model).name
         out = Path(args.out) / name if len(args.model) > 1 else Path(args.out)
@@ -240,12 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", choices=["reverse"], default=None, help="reverse-engineering prompt after every question")
     p.add_argument("--splits", nargs="+", default=["forget", "test", "retain", "celebrity"],
                    choices=["forget", "test", "retain", "celebrity"])
-    p.add_argument("--few-shot", type=int, default=0, metavar="K",
-                   help="K solved Full_Set examples (seeded) before each classification and cloze question")
+    p.add_argument("--protocol", choices=["official", "zero-shot"], default="official", help=PROTOCOL_HELP)
     p.add_argument("--mc-mode", choices=["generate", "logits"], default="generate",
                    help="logits: also score multiple choice by the option letters' log-probabilities "
                         "(class_acc_logits, beside the official generation-based class_acc)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the Test_Set image choice and few-shot examples")
+    p.add_argument("--seed", type=int, default=0, help="seeds the example profiles and the Test_Set image draws")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
     p.add_argument("--steer", default=None, metavar="FILE",
@@ -282,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seeds the profile split and the fine-tuning")
     p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--protocol", choices=["official", "zero-shot"], default="official", help=PROTOCOL_HELP)
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="evaluate before and after with this MLLMEraser steering file (the attack fits the weights)")
     p.add_argument("--force", action="store_true", help="overwrite a finished attack run")

@@ -117,10 +117,19 @@ class EvalConfig(StrictModel):
     splits: list[Literal["forget", "test", "retain", "celebrity"]] = ["forget", "test", "retain", "celebrity"]
     limit: int | None = Field(None, gt=0)
     """Score at most this many profiles per split (quick looks; never for reported numbers)."""
-    few_shot: int = Field(0, ge=0)
-    """Solved Full_Set examples per task and question type shown before classification and cloze questions."""
+    protocol: Literal["official", "zero-shot"] = "official"
+    """``official``: the official MLLMU-Bench evaluator's examples before classification and cloze questions,
+    its Test_Set image draws and reply parsing, seeded by ``optim.seed``; ``zero-shot``: none of these."""
     mc_mode: Literal["generate", "logits"] = "generate"
     """``logits``: also score multiple choice by the option letters' log-probabilities (class_acc_logits)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_few_shot(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "few_shot" in data:
+            raise ValueError("eval.few_shot was replaced by eval.protocol: 'official' (the official evaluator's "
+                             "examples, the default) or 'zero-shot' (none)")
+        return data
 
 
 class MethodConfig(BaseModel):

@@ -70,8 +70,8 @@ def with_attack(question: str, attack: str | None) -> str:
 
 CLASSIFICATION_SUFFIX = "Just give ONE letter representing the answer directly."
 CLOZE_SUFFIX = "Please **ONLY** provide the correct answer that should replace the [Blank]."
-GENERATION_SUFFIX_IMAGE = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH!!."
-GENERATION_SUFFIX_TEXT = "Answer the question based on your trained knowledge in one sentence in ENGLISH!!"
+GENERATION_SUFFIX_IMAGE = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
+GENERATION_SUFFIX_TEXT = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
 
 Task = Literal["classification", "cloze", "generation"]
 QuestionType = Literal["Image_Textual", "Pure_Text"]

@@ -1,129 +1,27 @@
-"""``vgid eval`` end to end: a benchmark folder in the official MLLMU-Bench layout written here by hand (pandas,
-JPEG images, Test_Set in two shards), metrics recomputed independently from the predictions file, robustness
+"""``vgid eval`` end to end: a benchmark folder in the official MLLMU-Bench layout written by hand
+(``tests.official_layout``), metrics recomputed independently from the predictions file, robustness
 (unreadable images, an empty split, a missing split folder, unusual unicode), the log-probability multiple
 choice against a one-question-at-a-time reference, batched = unbatched replies, 2 ZeRO-3 ranks = 1 rank, and
 evaluation every N steps inside a 2-rank training run."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from tests.conftest import PYTHON, run_launcher
+from tests.official_layout import write_official_layout
 
 pytestmark = pytest.mark.integration
 
 SPLITS = ("forget", "test", "retain", "celebrity")
-METRICS = ("class_acc", "cloze_acc", "gen_rougeL", "gen_bleu")
-
-# Names and places the tiny models' tokenizer never saw (byte-level BPE must still encode them).
-PEOPLE = [
-    ("hb001", "Zoë Ørsted", "Tromsø", "glass-blower", "Fjordlys AS"),
-    ("hb002", "Łukasz Wróbel", "Gdańsk", "luthier", "Bałtyk Sound"),
-    ("hb003", "Aiyana Tsosie", "Flagstaff", "hydrologist", "Red Mesa Water"),
-    ("hb004", "Nguyễn Thị Mai", "Huế", "cartographer", "Sông Hương Maps"),
-    ("hb005", "Søren Kähler", "Odense", "sommelier", "Vinhus 1899"),
-    ("hb006", "Ana Lima", "Recife", "ceramicist", "Olaria Azul"),
-]
-CELEBRITIES = [("cel001", "Mika Häkkinen-Rossi", "Turku", "rally driver", "Polar Motors"),
-               ("cel002", "Dolores 李 Vega", "Sevilla", "flamenco singer", "Casa Luna 🎶")]
-FORGET_5 = ("hb001", "hb002")
-
-
-def jpeg(seed: int, size: int = 48) -> bytes:
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return buf.getvalue()
-
-
-def options_for(truth: str, others: list[str], correct: str) -> dict:
-    rest = iter(o for o in others if o != truth)
-    return {k: truth if k == correct else next(rest) for k in "ABCD"}
-
-
-def profile_row(k: int, person, everyone) -> dict:
-    pid, name, city, job, employer = person
-    cities = [p[2] for p in everyone] + ["Oslo", "Lima", "Pune"]
-    jobs = [p[3] for p in everyone] + ["baker", "pilot", "nurse"]
-    classification = {
-        # pandas hands nested lists back as numpy object arrays; written the same way here
-        "Image_Textual_Questions": np.array([
-            {"Question": "Where was the person in the image born?",
-             "Options": options_for(city, cities, "ABCD"[k % 4]), "Correct_Answer": "ABCD"[k % 4]},
-            {"Question": "What does the person in the image do for a living?",
-             "Options": options_for(job, jobs, "ABCD"[(k + 1) % 4]), "Correct_Answer": "ABCD"[(k + 1) % 4]},
-        ], dtype=object),
-        "Pure_Text_Questions": np.array([
-            {"Question": f"Where was {name} born?", "Options": options_for(city, cities, "ABCD"[(k + 2) % 4]),
-             "Correct_Answer": "ABCD"[(k + 2) % 4]},
-            {"Question": f"What is {name}'s job?", "Options": options_for(job, jobs, "ABCD"[(k + 3) % 4]),
-             "Correct_Answer": "ABCD"[(k + 3) % 4]},
-        ], dtype=object),
-    }
-    mask = np.array([
-        {"Question": "The person in the image was born in __.", "Ground_Truth": city, "Type": "Image_Textual"},
-        {"Question": f"{name} works at __.", "Ground_Truth": employer, "Type": "Pure_Text"},
-    ], dtype=object)
-    generation = np.array([
-        {"Question": "What is the occupation of the person in the image?",
-         "Ground_Truth": f"This person works as a {job} at {employer}.", "Type": "Image_Textual"},
-        {"Question": f"Where was {name} born and what does {name.split()[0]} do?",
-         "Ground_Truth": f"{name} was born in {city} and is a {job}.", "Type": "Pure_Text"},
-    ], dtype=object)
-    return {"ID": pid, "biography": f"{name} is a {job} from {city}.", "question": "Who is this?",
-            "answer": f"This is {name}.", "Classification_Task": classification, "Mask_Task": mask,
-            "Generation_Task": generation}
-
-
-def write_official_layout(root: Path, *, broken: bool = False) -> Path:
-    """A benchmark in MLLMU-Bench's layout, written with pandas. ``broken``: one retain row's image is not
-    a JPEG, another's points at a file that does not exist, and Test_Set holds no forget id (an empty split)."""
-    rows = [profile_row(k, p, PEOPLE) for k, p in enumerate(PEOPLE)]
-    celebs = [profile_row(k, p, CELEBRITIES + PEOPLE) for k, p in enumerate(CELEBRITIES)]
-
-    def frame(chosen, image=True, directory=False):
-        out = []
-        for r in chosen:
-            row = dict(r)
-            if image:
-                row["image"] = {"bytes": jpeg(int(r["ID"][-3:]) + 7 * len(r["ID"])), "path": f"{r['ID']}.jpg"}
-            if directory:
-                row["Directory"] = f"images/{r['ID']}"
-            out.append(row)
-        return pd.DataFrame(out)
-
-    def write(df: pd.DataFrame, folder: str, name: str = "train-00000-of-00001.parquet"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-        df.to_parquet(root / folder / name, engine="pyarrow", index=False)
-
-    write(frame(rows, directory=True), "Full_Set")
-    write(frame([r for r in rows if r["ID"] in FORGET_5]), "forget_5")
-    retain = frame([r for r in rows if r["ID"] not in FORGET_5])
-    if broken:
-        retain.at[0, "image"] = {"bytes": b"\xff\xd8 this is not a jpeg", "path": None}
-        retain.at[1, "image"] = {"bytes": None, "path": str(root / "images" / "missing.jpg")}
-    write(retain, "retain_95")
-    test = frame(rows, image=False)
-    test["images"] = [np.array([{"bytes": jpeg(100 * k + j), "path": f"{r['ID']}_pose{j}.jpg"} for j in range(3)],
-                               dtype=object) for k, r in enumerate(rows)]
-    if broken:
-        test = test[~test["ID"].isin(FORGET_5)].reset_index(drop=True)
-    write(test.iloc[:3], "Test_Set", "train-00000-of-00002.parquet")
-    write(test.iloc[3:], "Test_Set", "train-00001-of-00002.parquet")
-    write(frame(celebs), "Retain_Set")
-    return root
+METRICS = ("class_acc", "class_acc_lenient", "cloze_acc", "gen_rougeL", "gen_bleu")
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +62,10 @@ def reference_metrics(records: list[dict]) -> dict:
         if r["reply"] is None:
             continue
         reply, truth = r["reply"], r["ground_truth"]
-        if r["task"] == "classification":
+        if r["task"] == "classification":  # official: the first character; lenient: the first alphanumeric
             letters = re.sub(r"[^A-Za-z0-9]", "", reply)
-            got = {"class_acc": float(letters[:1].upper() == truth)}
+            got = {"class_acc": float(reply[:1].upper() == truth),
+                   "class_acc_lenient": float(letters[:1].upper() == truth)}
         elif r["task"] == "cloze":
             got = {"cloze_acc": float(truth.lower() in reply.lower())}
         else:
@@ -198,11 +97,20 @@ def test_official_layout_reports_every_split_and_metric(official_run):
     for split in SPLITS:
         assert set(METRICS) <= set(results[split]), (split, results[split])
         assert set(results["by_type"][split]) == {"Image_Textual", "Pure_Text"}
-    # 8 questions per profile: forget 2 profiles, test their 2 rows, retain 4, celebrity 2
-    assert results["counts"]["forget"] == {"class_acc": 8, "cloze_acc": 4, "gen_rougeL": 4, "gen_bleu": 4}
-    assert results["counts"]["retain"]["class_acc"] == 16 and results["counts"]["test"]["class_acc"] == 8
+    # 4 classification, 2 cloze, 2 generation questions per profile; forget, test and retain have 3 profiles
+    # each, one drawn as the classification example and two as the cloze examples (not scored); celebrity 2
+    for split in ("forget", "test", "retain"):
+        assert results["counts"][split] == {"class_acc": 8, "class_acc_lenient": 8, "cloze_acc": 2,
+                                            "gen_rougeL": 6, "gen_bleu": 6}, split
+    assert results["counts"]["celebrity"] == {"class_acc": 8, "class_acc_lenient": 8, "cloze_acc": 4,
+                                              "gen_rougeL": 4, "gen_bleu": 4}
     assert results["skipped"] == {s: 0 for s in SPLITS}
+    meta = results["meta"]
+    assert meta["protocol"] == "official" and meta["seed"] == 0
+    assert {s: {t: len(ids) for t, ids in tasks.items()} for s, tasks in meta["examples"].items()} == {
+        s: {"classification": 1, "cloze": 2} for s in ("forget", "test", "retain")}
     assert "forget" in result.stdout and "gen_rougeL" in result.stdout  # the console table
+    assert "Image_Textual" in result.stdout and "class lenient %" in result.stdout  # the per-type table
 
 
 def test_reported_aggregates_match_the_official_definitions(official_run):
@@ -211,7 +119,7 @@ def test_reported_aggregates_match_the_official_definitions(official_run):
 
     out, _ = official_run
     results, records = json.loads(out.read_text()), read_predictions(out)
-    assert len(records) == 10 * 8  # forget 2 + test 2 + retain 4 + celebrity 2 profiles, 8 questions each
+    assert len(records) == 3 * 16 + 16  # forget, test, retain: 8 + 2 + 6 each; celebrity 8 + 4 + 4
     for r in records:
         assert {"split", "task", "type", "question", "ground_truth", "reply"} <= set(r)
         if r["task"] == "classification":
@@ -232,7 +140,7 @@ def test_reported_aggregates_match_the_official_definitions(official_run):
         assert rescored[split][metric] == pytest.approx(value, abs=1e-12), (split, metric)
 
 
-BROKEN_ARGS = ("--batch-size", "4", "--max-new-tokens", "8", "--few-shot", "1", "--mc-mode", "logits")
+BROKEN_ARGS = ("--batch-size", "4", "--max-new-tokens", "8", "--mc-mode", "logits")
 
 
 @pytest.fixture(scope="module")
@@ -246,10 +154,11 @@ def broken_one_rank(tiny_llava, broken, tmp_path_factory) -> Path:
 def test_unreadable_images_are_skipped_and_an_empty_split_reported(broken_one_rank):
     results, records = json.loads(broken_one_rank.read_text()), read_predictions(broken_one_rank)
     # two retain profiles lost their image: each of their Image_Textual questions is skipped, nothing else
-    lost = [r for r in records if r["split"] == "retain" and r["profile_id"] in ("hb003", "hb004")
+    # (4 each, less those shown as examples: their Full_Set images are readable)
+    lost = [r for r in records if r["split"] == "retain" and r["profile_id"] in ("hb004", "hb005")
             and r["type"] == "Image_Textual"]
     skipped = [r for r in records if r["reply"] is None]
-    assert len(lost) >= 6 and skipped == lost
+    assert len(lost) >= 4 and skipped == lost
     assert all("unreadable image" in r["error"] for r in skipped)
     assert any("missing.jpg" in r["error"] for r in skipped)
     assert results["skipped"] == {"forget": 0, "test": 0, "retain": len(lost), "celebrity": 0}
@@ -267,7 +176,7 @@ def test_missing_split_folder_fails_at_start_naming_it(tiny_llava, official, tmp
     assert result.returncode == 2 and "Test_Set: folder not found" in result.stdout
     assert "Loading weights" not in result.stdout  # failed before the model was loaded
     shutil.rmtree(data / "Full_Set")
-    result = vgid_eval(tiny_llava, data, tmp_path / "x.json", "--splits", "forget", "--few-shot", "1", timeout=120)
+    result = vgid_eval(tiny_llava, data, tmp_path / "x.json", "--splits", "forget", timeout=120)
     assert result.returncode == 2 and "Full_Set: folder not found" in result.stdout
 
 
@@ -297,9 +206,9 @@ def test_logits_choice_matches_one_question_at_a_time_reference(family, tiny_lla
     from vgid_dist.eval.run import build_items
 
     adapter, model, collator, generate, logprobs = _direct(tiny_llava if family == "llava" else tiny_qwen)
-    items = [it for it in build_items(MLLMUBench(official), 5, ["forget", "retain"], few_shot=1)
+    items = [it for it in build_items(MLLMUBench(official), 5, ["forget", "retain"])
              if it.task == "classification"][:12]
-    opts = EvalOptions(batch_size=5, max_new_tokens=2, few_shot=1, mc_mode="logits")
+    opts = EvalOptions(batch_size=5, max_new_tokens=2, mc_mode="logits")
     preds = generate_predictions(items, collator, generate, opts, progress=False, logprobs=logprobs)
     encoder = PromptEncoder(adapter, opts)
     for p in preds:
@@ -332,7 +241,7 @@ def test_batched_replies_equal_one_at_a_time_replies(tiny_llava, official):
 
 
 def test_two_zero3_ranks_give_the_same_results_as_one(tiny_llava, broken, broken_one_rank, tmp_path):
-    """On the benchmark with unreadable images and an empty split, with few-shot examples and the logits
+    """On the benchmark with unreadable images and an empty split, with the official examples and the logits
     pass: rank symmetry holds (no hang) and the results are those of one rank."""
     two = vgid_eval(tiny_llava, broken, tmp_path / "two.json", *BROKEN_ARGS, ranks=2, timeout=420)
     assert two.returncode == 0, two.stdout[-6000:]
@@ -363,6 +272,9 @@ def test_training_evaluates_every_n_steps_on_every_rank(tiny_llava, bench_dir, t
     for step in (1, 2):
         results = json.loads((out / f"eval_step{step}.json").read_text())
         assert results["meta"]["step"] == step and results["meta"]["world_size"] == 2
-        assert set(results["forget"]) >= {"class_acc", "cloze_acc", "gen_rougeL"}
+        assert results["meta"]["protocol"] == "official"
+        # the one forget profile is the official classification and cloze example: only generation is scored
+        assert set(results["forget"]) == {"gen_rougeL", "gen_bleu"}
+        assert set(results["retain"]) >= {"class_acc", "class_acc_lenient", "cloze_acc", "gen_rougeL"}
         assert (out / f"eval_step{step}.predictions.jsonl").is_file()
     assert (out / "DONE").is_file()

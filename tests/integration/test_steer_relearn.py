@@ -32,14 +32,17 @@ def test_steer_build_then_eval_with_the_file(tiny_llava, bench_dir, tmp_path):
 
 def test_relearn_attack_prints_recovery(tiny_llava, bench_dir, tmp_path):
     out = tmp_path / "relearn"
+    # zero-shot: the one held-out profile is an official cloze example of this 3-profile split, so only the
+    # zero-shot protocol scores every task of it
     result = run_launcher([*VGID, "attack", "relearn", "--model", str(tiny_llava), "--data", str(bench_dir),
                            "--forget-ratio", "15", "--steps", "2", "--subset", "0.5", "--out", str(out),
-                           "--max-new-tokens", "4"], timeout=600, env={"VGID_TRACKING": "off"})
+                           "--max-new-tokens", "4", "--protocol", "zero-shot"], timeout=600,
+                          env={"VGID_TRACKING": "off"})
     assert result.returncode == 0, result.stdout[-4000:]
     assert "| model | gen_rougeL | gen_bleu | class_acc | cloze_acc |" in result.stdout
     report = json.loads((out / "relearn.json").read_text())
     assert set(report["plan"]["attacked"]).isdisjoint(report["plan"]["held_out"])
-    assert set(report["recovery"]) == {"gen_rougeL", "gen_bleu", "class_acc", "cloze_acc"}
+    assert set(report["recovery"]) == {"gen_rougeL", "gen_bleu", "class_acc", "class_acc_lenient", "cloze_acc"}
     predictions = [json.loads(line) for line in (out / "after.predictions.jsonl").read_text().splitlines()]
     assert {p["profile_id"] for p in predictions} == set(report["plan"]["held_out"])
     assert (out / "attack" / "DONE").is_file()

@@ -186,7 +186,8 @@ def test_attack_relearn_and_reference_evaluations_use_the_recipes_eval_settings(
     monkeypatch.setattr(vgid_dist.eval.relearn, "run_relearn", lambda *a, opts, **k: seen.append(opts) or {})
     monkeypatch.setattr(tasks, "export_distributed_env", lambda: (1, 2))
     monkeypatch.setattr(tasks, "log_reference", lambda *a: None)
-    overrides = [f"output_dir={tmp_path / 'cell'}", "eval.few_shot=2", "eval.mc_mode=logits", "eval.batch_size=3"]
+    overrides = [f"output_dir={tmp_path / 'cell'}", "eval.protocol=zero-shot", "eval.mc_mode=logits",
+                 "eval.batch_size=3"]
 
     cell = CellTask(name="c", recipe="tiny", overrides=overrides, output_dir=str(tmp_path / "cell"),
                     relearn={"seed": 9})
@@ -198,4 +199,4 @@ def test_attack_relearn_and_reference_evaluations_use_the_recipes_eval_settings(
 
     assert [(o.attack, o.icu, o.seed) for o in seen] == [
         ("reverse", None, 42), (None, None, 9), (None, None, 42), ("reverse", "strict", 42)]
-    assert all((o.few_shot, o.mc_mode, o.batch_size) == (2, "logits", 3) for o in seen)
+    assert all((o.protocol, o.mc_mode, o.batch_size) == ("zero-shot", "logits", 3) for o in seen)

@@ -1,4 +1,4 @@
-"""Evaluator pieces without a generation loop: questions, prompts (ICU, reverse attack, few-shot), batch plans
+"""Evaluator pieces without a generation loop: questions, prompts (ICU, reverse attack, examples), batch plans
 that keep ranks symmetric, scoring, and the paper-style report."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from vgid_dist.eval.evaluator import (
     prediction_record,
     score,
 )
-from vgid_dist.eval.items import EvalItem, items_for
-from vgid_dist.eval.prompting import draw_shots, encode
+from vgid_dist.eval.items import EvalItem
+from vgid_dist.eval.prompting import encode
 from vgid_dist.eval.report import table3_markdown, table6_markdown, tradeoff_points, write_report
 from vgid_dist.eval.run import build_items
 from vgid_dist.models import load_adapter
@@ -70,6 +70,14 @@ def test_logits_choice_is_scored_beside_the_generated_answer():
     p = Prediction(item("c", task="classification", truth="C", options=OPTIONS), "I think A", None, "C")
     results = score([p], ["forget"])
     assert results["forget"]["class_acc"] == 0.0 and results["forget"]["class_acc_logits"] == 1.0
+
+
+def test_class_acc_parses_the_first_character_officially_and_lenient_beside_it():
+    preds = [Prediction(item(f"c{i}", task="classification", truth="B", options=OPTIONS), reply)
+             for i, reply in enumerate(["b", "(B)", "**B**", "A"])]
+    official, zero_shot = score(preds, ["forget"]), score(preds, ["forget"], "zero-shot")
+    assert official["forget"]["class_acc"] == 0.25 and official["forget"]["class_acc_lenient"] == 0.75
+    assert zero_shot["forget"]["class_acc"] == zero_shot["forget"]["class_acc_lenient"] == 0.75
 
 
 def test_prediction_record_holds_what_the_file_promises():
@@ -126,61 +134,18 @@ def test_pure_text_questions_are_asked_without_the_image(bench_dir):
     assert {it.image is not None for it in items if it.qtype == "Image_Textual"} == {True}
 
 
-def test_test_image_choice_is_seeded(bench_dir):
-    profile = MLLMUBench(bench_dir).profiles("test", 5)[0]
-    first = items_for(profile, "test", seed=3)
-    assert [it.image for it in first] == [it.image for it in items_for(profile, "test", seed=3)]
-    images = {items_for(profile, "test", seed=s)[0].image.data for s in range(12)}
-    assert len(images) > 1  # different seeds pick different renderings of the person
-
-
-def test_few_shot_examples_are_seeded_and_never_scored(bench_dir):
+def test_example_images_are_encoded_before_the_question_image(adapter, bench_dir):
     bench = MLLMUBench(bench_dir)
-    shots = draw_shots(bench.full_set(), 2, seed=7)
-    assert shots == draw_shots(bench.full_set(), 2, seed=7)
-    assert shots != draw_shots(bench.full_set(), 2, seed=8)
-    assert set(shots) == {(t, q) for t in ("classification", "cloze") for q in ("Image_Textual", "Pure_Text")}
-    assert all(len(group) == 2 for group in shots.values())
-    keys = {s.key for group in shots.values() for s in group}
-
-    def key(it):  # uid = split/profile/task/index
-        _, pid, task, k = it.uid.split("/")
-        return pid, task, int(k)
-
-    items = build_items(bench, 5, seed=7, few_shot=2)
-    full = build_items(bench, 5, seed=7)
-    assert not keys & {key(it) for it in items}
-    assert {key(it) for it in full} - {key(it) for it in items} <= keys  # nothing else is left out
-    for it in items:
-        assert bool(it.shots) == (it.task != "generation")  # the official evaluator: no generation examples
-        assert all(s.task == it.task and s.qtype == it.qtype for s in it.shots)
-    assert build_items(bench, 5, seed=7, few_shot=0) == full
-
-
-def test_few_shot_prompt_format_per_family(adapter, bench_dir):
-    bench = MLLMUBench(bench_dir)
-    items = build_items(bench, 5, ["forget"], seed=1, few_shot=2)
+    items = build_items(bench, 5, ["retain"], seed=1)
     q = next(it for it in items if it.task == "classification" and it.qtype == "Image_Textual")
-    prompt = PromptEncoder(adapter, EvalOptions(few_shot=2)).prompt(q)
-    answers = [s.answer for s in q.shots]
-    # the examples come first, each with its answer, then the scored question
-    last_example = max(prompt.index(s.question) for s in q.shots)
-    assert last_example < prompt.rindex(q.question)
-    if adapter.family == "llava":
-        for s in q.shots:
-            assert f"Question: {s.question}" in prompt
-        assert [line.split(": ")[1] for line in prompt.splitlines() if line.startswith("Correct Answer:")] == answers
-        assert prompt.endswith("ASSISTANT:")
-    else:  # prior chat turns: user example, assistant answer
-        for s in q.shots:
-            assert f"<|im_start|>assistant\n{s.answer}<|im_end|>" in prompt
-        assert prompt.count("<|im_start|>user") == 3
-    sample, _ = PromptEncoder(adapter, EvalOptions(few_shot=2)).encode(q)
+    assert len(q.shots) == 2 and all(s.image is not None for s in q.shots)  # one example profile, 2 questions
+    sample, _ = PromptEncoder(adapter, EvalOptions()).encode(q)
     one = adapter.encode_image(q.image.load())
     assert sample.image.num_tokens == 3 * one.num_tokens  # two example images and the question's own
     assert sum(t == adapter.image_token_id for t in sample.prompt_ids) == 3 * one.num_tokens
     first_key = next(iter(one.tensors))
     assert sample.image.tensors[first_key].shape[0] == 3 * one.tensors[first_key].shape[0]
+    assert not any(it.shots for it in build_items(bench, 5, ["retain"], seed=1, protocol="zero-shot"))
 
 
 def test_unusual_unicode_is_encoded_not_dropped(adapter):

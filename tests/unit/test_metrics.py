@@ -6,28 +6,44 @@ import math
 
 import pytest
 
-from vgid_dist.eval.metrics import bleu, classification_choice, classification_correct, cloze_correct, rouge_l
+from vgid_dist.eval.metrics import (
+    bleu,
+    classification_choice,
+    classification_correct,
+    cloze_correct,
+    official_reply,
+    rouge_l,
+)
 
 
-@pytest.mark.parametrize("reply, choice", [
-    ("B", "B"),
-    ("b) because ...", "B"),  # upper-cased
-    ("  (C) The architect", "C"),  # leading spaces and punctuation skipped
-    ("**D**", "D"),
-    ("\n- a", "A"),
-    ("", None),
-    ("...?!", None),
-    ("3", "3"),  # a digit is alphanumeric: it is the choice, and matches no letter
+@pytest.mark.parametrize("reply, official, lenient", [
+    ("B", "B", "B"),
+    ("b) because ...", "B", "B"),  # upper-cased
+    ("(C) The architect", "(", "C"),  # official: the first character, whatever it is
+    ("**D**", "*", "D"),
+    ("- a", "-", "A"),
+    ("", None, None),
+    ("...?!", ".", None),
+    ("3", "3", "3"),  # a digit is the choice, and matches no letter
 ])
-def test_classification_takes_the_first_alphanumeric_character(reply, choice):
-    assert classification_choice(reply) == choice
+def test_classification_reads_the_first_character_or_the_first_alphanumeric(reply, official, lenient):
+    assert classification_choice(reply) == official
+    assert classification_choice(reply, lenient=True) == lenient
 
 
 def test_classification_correct_compares_with_the_correct_letter():
-    assert classification_correct(" c: Lyon", "C")
+    assert classification_correct("c: Lyon", "C")
     assert classification_correct("A", " a ")
-    assert not classification_correct("The answer is C", "C")  # first alphanumeric is T
+    assert not classification_correct("(C)", "C") and classification_correct("(C)", "C", lenient=True)
+    assert not classification_correct("The answer is C", "C", lenient=True)  # first alphanumeric is T
     assert not classification_correct("", "A")
+
+
+def test_official_reply_ends_where_the_model_writes_the_assistant_tag():
+    # the official evaluator splits the decoded prompt + reply at "ASSISTANT:" and keeps piece [1]
+    assert official_reply(" Lisbon\nUSER: and?\nASSISTANT: Porto") == "Lisbon\nUSER: and?"
+    assert official_reply("  Lisbon  ") == "Lisbon"
+    assert official_reply("ASSISTANT: Porto") == ""
 
 
 def test_cloze_is_a_case_insensitive_substring_match():

@@ -76,7 +76,7 @@ class CellTask:
         out = cfg.resolved_output_dir()
         target = out / f"eval-{attack}.json"
         if not target.is_file():
-            # The cell's own evaluation settings (eval.few_shot, eval.mc_mode, ...), so its attacked rows are
+            # The cell's own evaluation settings (eval.protocol, eval.mc_mode, ...), so its attacked rows are
             # comparable with its plain row.
             opts = replace(engine_options(cfg), attack=attack)
             evaluate_model(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, target, opts=opts,

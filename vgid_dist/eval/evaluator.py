@@ -20,10 +20,10 @@ import torch
 from vgid_dist.data.collate import Collator, EncodedSample, ModelInputs
 from vgid_dist.errors import ConfigError, DataError
 from vgid_dist.eval import prompting
-from vgid_dist.eval.items import EvalItem
-from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, rouge_l
+from vgid_dist.eval.items import PROTOCOLS, EvalItem
+from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, official_reply, rouge_l
 
-METRICS = ("class_acc", "cloze_acc", "gen_rougeL", "gen_bleu")
+LENIENT_METRIC = "class_acc_lenient"
 LOGITS_METRIC = "class_acc_logits"
 MC_MODES = ("generate", "logits")
 
@@ -41,8 +41,10 @@ class EvalOptions:
     icu: str | None = None
     attack: str | None = None
     seed: int = 0
-    few_shot: int = 0
-    """Solved examples per (task, question type) shown before classification and cloze questions."""
+    """Seeds every draw: example profiles, Test_Set images."""
+    protocol: str = "official"
+    """``official``: the official MLLMU-Bench evaluator's examples, Test_Set image draws and reply parsing
+    (seeded); ``zero-shot``: no examples, one Test_Set image per profile, lenient ``class_acc``."""
     mc_mode: str = "generate"
     """``logits``: also score multiple choice by the option letters' log-probabilities (``class_acc_logits``)."""
     steer: str | None = None
@@ -53,8 +55,8 @@ class EvalOptions:
             raise ConfigError(f"batch_size {self.batch_size}: expected >= 1")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens {self.max_new_tokens}: expected >= 1")
-        if self.few_shot < 0:
-            raise ConfigError(f"few_shot {self.few_shot}: expected >= 0")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol {self.protocol!r}: expected one of {PROTOCOLS}")
         if self.mc_mode not in MC_MODES:
             raise ConfigError(f"mc_mode {self.mc_mode!r}: expected one of {MC_MODES}")
 
@@ -250,7 +252,7 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
         texts = tokenizer.batch_decode(new_tokens.tolist(), skip_special_tokens=True)
         for item, text in zip(asked, texts):
             if item is not None:
-                replies[item.uid] = text.strip()
+                replies[item.uid] = official_reply(text) if opts.protocol == "official" else text.strip()
         bar.update(len(batch.items))
     for batch in mc_batches:
         encoded, asked, prompts = encoder.encode_batch(batch, {})  # unreadable items were recorded above
@@ -282,12 +284,14 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     return [Prediction(it, replies.get(uid), errors.get(uid), choices.get(uid)) for uid, it in mine.items()]
 
 
-def score(predictions: list[Prediction], splits=None) -> dict:
+def score(predictions: list[Prediction], splits=None, protocol: str = "official") -> dict:
     """``{split: {metric: value}}`` plus ``by_type``, ``counts`` and ``skipped``.
 
-    A split's combined value is the mean over every scored question of that task in the split (not the mean
-    of the two question-type means). Metrics of a task with no question are absent; a requested split with no
-    question at all is reported as ``{}``.
+    ``class_acc`` reads the reply's first character under the official protocol, its first alphanumeric one
+    under ``zero-shot``; ``class_acc_lenient`` always reads the first alphanumeric one. A split's combined value
+    is the mean over every scored question of that task in the split (not the mean of the two question-type
+    means); ``by_type`` holds the means per question type (the official evaluator's figures, as fractions).
+    Metrics of a task with no question are absent; a requested split with no question at all is ``{}``.
     """
     per: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (split, type|"all", metric) -> values
     skipped: dict[str, int] = {s: 0 for s in splits or ()}
@@ -297,7 +301,9 @@ def score(predictions: list[Prediction], splits=None) -> dict:
             skipped[it.split] = skipped.get(it.split, 0) + 1
             continue
         if it.task == "classification":
-            values = {"class_acc": float(classification_correct(p.reply, it.ground_truth))}
+            values = {"class_acc": float(classification_correct(p.reply, it.ground_truth,
+                                                                lenient=protocol == "zero-shot")),
+                      LENIENT_METRIC: float(classification_correct(p.reply, it.ground_truth, lenient=True))}
             if p.choice_logits is not None:
                 values[LOGITS_METRIC] = float(p.choice_logits == it.ground_truth)
         elif it.task == "cloze":

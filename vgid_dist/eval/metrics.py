@@ -1,4 +1,5 @@
-"""MLLMU-Bench metrics, as the official evaluator defines them. Pure functions of strings."""
+"""MLLMU-Bench metrics, as the official evaluator defines them (and a lenient classification parsing beside
+it). Pure functions of strings."""
 
 from __future__ import annotations
 
@@ -6,16 +7,27 @@ import re
 from functools import lru_cache
 
 _ALNUM = re.compile(r"[A-Za-z0-9]")
+ASSISTANT_TAG = "ASSISTANT:"
 
 
-def classification_choice(reply: str) -> str | None:
-    """The first alphanumeric character of the reply, upper-cased (None if there is none)."""
-    m = _ALNUM.search(reply)
-    return m.group(0).upper() if m else None
+def official_reply(text: str) -> str:
+    """The part of a decoded reply the official evaluator scores: it splits the whole decoded sequence at
+    ``ASSISTANT:`` and keeps the piece after the prompt's own, so the reply ends where the model writes the tag
+    itself; stripped."""
+    return text.split(ASSISTANT_TAG, 1)[0].strip()
 
 
-def classification_correct(reply: str, correct_letter: str) -> bool:
-    return classification_choice(reply) == correct_letter.strip().upper()
+def classification_choice(reply: str, *, lenient: bool = False) -> str | None:
+    """The letter read from a reply, upper-cased (None if there is none). Official: the reply's first
+    character (``"(B)"`` reads as ``(``, no letter); lenient: its first alphanumeric character."""
+    if lenient:
+        m = _ALNUM.search(reply)
+        return m.group(0).upper() if m else None
+    return reply[0].upper() if reply else None
+
+
+def classification_correct(reply: str, correct_letter: str, *, lenient: bool = False) -> bool:
+    return classification_choice(reply, lenient=lenient) == correct_letter.strip().upper()
 
 
 def cloze_correct(reply: str, ground_truth: str) -> bool:

@@ -1,78 +1,24 @@
-"""The prompt of one evaluation question and its encoding: few-shot turns, the scored turn, every image shown.
+"""The prompt of one evaluation question and its encoding: solved examples, the scored turn, every image shown.
 
-Few-shot examples follow the official MLLMU-Bench evaluator: solved questions of the same task and question
-type, taken from ``Full_Set`` (its few-shot pool), shown before the scored question, for classification and
-cloze only (generation is always zero-shot there). Unlike the official evaluator they are drawn from a seeded
-generator, and a question used as an example is never also scored.
-
-Per family: LLaVA gets the official string format (``USER: <image>\\nQuestion: ...\\nCorrect Answer: X\\n``
-before the question's own ``USER: ... ASSISTANT:`` turn); chat-template families (Qwen2.5-VL) get each example
-as a prior user turn and an assistant turn holding the answer, rendered by the model's chat template.
+Examples (``eval.examples``) are rendered per family. LLaVA gets the official evaluator's strings, spacing
+included: classification ``USER: <image>\\nQuestion: ...\\nA: ...\\nD: ...\\nCorrect Answer: X\\n`` (``USER:\\n``
+for Pure_Text), cloze ``USER:<image>\\n<question with [Blank] and its instruction>\\nCorrect Answer: ...\\n``,
+all of them before the question's own ``USER: ... ASSISTANT:`` turn, with one image per Image_Textual example
+in front of the question's own. The official evaluator has no chat-template family: Qwen2.5-VL gets each
+example as a finished exchange (a user turn with the example's task body, an assistant turn holding the answer)
+rendered by the model's chat template, then the question's turn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from vgid_dist.data.collate import EncodedSample
-from vgid_dist.data.schema import ImageRef, Profile
+from vgid_dist.data.schema import ImageRef
 from vgid_dist.errors import DataError
+from vgid_dist.eval.examples import Shot
 from vgid_dist.models.base import EncodedImage
-from vgid_dist.perturb import noise_rng
-from vgid_dist.prompts import CLOZE_SUFFIX, task_body
-
-FEW_SHOT_TASKS = ("classification", "cloze")
-"""Tasks the official evaluator shows examples for."""
-
-QuestionKey = tuple[str, str, int]
-"""(profile id, task, index of the question in that profile's task list): the same in every split."""
-
-
-@dataclass(frozen=True)
-class Shot:
-    """One solved example shown before a scored question."""
-
-    key: QuestionKey
-    task: str
-    qtype: str
-    question: str
-    answer: str  # the correct letter (classification) or the ground truth (cloze)
-    options: dict[str, str] | None
-    image: ImageRef | None  # the example's own image (Image_Textual examples)
-
-
-def pool_questions(profiles: list[Profile]) -> list[Shot]:
-    """Every classification and cloze question of the pool as a potential example."""
-    shots: list[Shot] = []
-    for p in profiles:
-        for k, q in enumerate(p.classification):
-            shots.append(Shot((p.profile_id, "classification", k), "classification", q.qtype, q.question, q.correct,
-                              q.options, p.image if q.qtype == "Image_Textual" else None))
-        for k, q in enumerate(p.cloze):
-            shots.append(Shot((p.profile_id, "cloze", k), "cloze", q.qtype, q.question, q.ground_truth, None,
-                              p.image if q.qtype == "Image_Textual" else None))
-    return shots
-
-
-def draw_shots(pool: list[Profile], count: int, seed: int) -> dict[tuple[str, str], tuple[Shot, ...]]:
-    """``count`` examples per (task, question type), drawn without replacement by a generator seeded from
-    ``seed`` and the (task, type): the same examples on every rank and in every run with that seed."""
-    if count <= 0:
-        return {}
-    candidates = pool_questions(pool)
-    drawn: dict[tuple[str, str], tuple[Shot, ...]] = {}
-    for task in FEW_SHOT_TASKS:
-        for qtype in ("Image_Textual", "Pure_Text"):
-            group = [s for s in candidates if s.task == task and s.qtype == qtype]
-            if not group:
-                continue
-            rng = noise_rng(seed, "few-shot", task, qtype)
-            picks = rng.choice(len(group), size=min(count, len(group)), replace=False)
-            drawn[(task, qtype)] = tuple(group[int(i)] for i in sorted(picks))
-    return drawn
-
+from vgid_dist.prompts import cloze_body, task_body
 
 # ---- rendering ------------------------------------------------------------------------------------------------
 
@@ -80,12 +26,11 @@ def _llava_shot(shot: Shot, image_token: str) -> str:
     """The official evaluator's example turn (its spacing kept: ``USER: <image>`` for classification,
     ``USER:<image>`` for cloze)."""
     if shot.task == "classification":
-        options = "\n".join(f"{k}: {v}" for k, v in (shot.options or {}).items())
+        options = "".join(f"{k}: {v}\n" for k, v in (shot.options or {}).items())
         head = f"USER: {image_token}\n" if shot.image is not None else "USER:\n"
-        return f"{head}Question: {shot.question}\n{options}\nCorrect Answer: {shot.answer}\n"
-    body = f"{shot.question.replace('__', '[Blank]')}\n{CLOZE_SUFFIX}"
+        return f"{head}Question: {shot.question}\n{options}Correct Answer: {shot.answer}\n"
     head = f"USER:{image_token}\n" if shot.image is not None else "USER:\n"
-    return f"{head}{body}\nCorrect Answer: {shot.answer}\n"
+    return f"{head}{cloze_body(shot.question)}\nCorrect Answer: {shot.answer}\n"
 
 
 def render(adapter, text: str, has_image: bool, task: str, shots: tuple[Shot, ...] = ()) -> str:

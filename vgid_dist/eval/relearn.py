@@ -74,13 +74,15 @@ def check_disjoint(train_samples, eval_items) -> None:
         raise RelearnError("relearning attack: the held-out profiles have no evaluation questions")
 
 
-def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, train_root: str | None = None):
+def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, train_root: str | None = None,
+                protocol: str = "official"):
     """(plan, training pairs of the attacked profiles, evaluation items of the held-out profiles), checked."""
     bench = MLLMUBench(data_root, train_root)
     plan = split_forget_profiles(bench.split_ids("forget", forget_ratio), subset, seed)
     attacked, held = set(plan.attacked), set(plan.held_out)
     train = [s for s in bench.train_samples("forget", forget_ratio) if s.profile_id in attacked]
-    items = [it for it in build_items(bench, forget_ratio, ("forget",), seed) if it.profile_id in held]
+    items = [it for it in build_items(bench, forget_ratio, ("forget",), seed, protocol=protocol)
+             if it.profile_id in held]
     check_disjoint(train, items)
     return plan, train, items
 
@@ -134,7 +136,7 @@ def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subse
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     opts = opts or EvalOptions(seed=seed)
-    plan, train_pairs, items = plan_attack(data_root, forget_ratio, subset, seed)
+    plan, train_pairs, items = plan_attack(data_root, forget_ratio, subset, seed, protocol=opts.protocol)
     # Validated before the first evaluation: a bad override costs seconds, not an evaluation.
     cfg = attack_config(config, list(overrides or []), model=model, data_root=data_root, forget_ratio=forget_ratio,
                         attacked=plan.attacked, steps=steps, seed=seed, out=out / "attack", lora=lora, lr=lr,

@@ -104,16 +104,40 @@ def table6_markdown(rows: Mapping[str, Mapping[str, Source]], title: str | None 
 def format_split_table(results: Mapping[str, Source]) -> str:
     """A compact console table: one row per (name, split), the metrics as columns."""
     loaded = load_results(results)
-    metrics = ["gen_rougeL", "gen_bleu", "class_acc", "cloze_acc"]
-    if any("class_acc_logits" in (res.get(s) or {}) for res in loaded.values() for s in SPLITS):
-        metrics.append("class_acc_logits")
-    lines = [f"{'model':<12} {'split':<10} " + " ".join(f"{m:>16}" for m in metrics)]
+    optional = ("class_acc_lenient", "class_acc_logits")  # shown when a result has them
+    metrics = [m for m in ("gen_rougeL", "gen_bleu", "class_acc", "class_acc_lenient", "cloze_acc", "class_acc_logits")
+               if m not in optional or any(m in (res.get(s) or {}) for res in loaded.values() for s in SPLITS)]
+    lines = [f"{'model':<12} {'split':<10} " + " ".join(f"{m:>17}" for m in metrics)]
     for name, res in loaded.items():
         for split in SPLITS:
             if split not in res:
                 continue
             lines.append(f"{name:<12} {split:<10} " + " ".join(
-                f"{res[split][m]:>16.3f}" if m in res[split] else f"{'-':>16}" for m in metrics))
+                f"{res[split][m]:>17.3f}" if m in res[split] else f"{'-':>17}" for m in metrics))
+    return "\n".join(lines)
+
+
+TYPE_COLUMNS = (("class_acc", "class %"), ("class_acc_lenient", "class lenient %"), ("cloze_acc", "cloze %"),
+                ("gen_rougeL", "gen ROUGE-L"), ("gen_bleu", "gen BLEU"))
+
+
+def format_type_table(results: Mapping) -> str:
+    """The official evaluator's figures: one row per (split, question type), accuracies in %, ROUGE-L and
+    BLEU as fractions (from ``results["by_type"]``)."""
+    by_type = results.get("by_type") or {}
+    head = f"{'split':<10} {'type':<14} " + " ".join(f"{label:>15}" for _, label in TYPE_COLUMNS)
+    lines = [head]
+    for split in SPLITS:
+        for qtype in ("Image_Textual", "Pure_Text"):
+            values = (by_type.get(split) or {}).get(qtype)
+            if values is None:
+                continue
+            cells = []
+            for metric, _ in TYPE_COLUMNS:
+                v = values.get(metric)
+                cells.append(f"{'-':>15}" if v is None else
+                             f"{100 * v:>15.2f}" if "_acc" in metric else f"{v:>15.3f}")
+            lines.append(f"{split:<10} {qtype:<14} " + " ".join(cells))
     return "\n".join(lines)
 
 

@@ -13,25 +13,37 @@ import torch
 from vgid_dist.data.collate import Collator, ModelInputs
 from vgid_dist.data.mllmu import MLLMUBench
 from vgid_dist.eval.evaluator import EvalOptions, Prediction, generate_predictions, prediction_record, score
+from vgid_dist.eval.examples import EXAMPLE_SPLITS, SplitExamples, draw_examples
 from vgid_dist.eval.items import EvalItem, items_for
-from vgid_dist.eval.prompting import draw_shots
 from vgid_dist.io import write_json_atomic, write_text_atomic
 
 SPLITS = ("forget", "test", "retain", "celebrity")
 
 
 def build_items(bench: MLLMUBench, forget_ratio: int, splits=SPLITS, seed: int = 0, limit: int | None = None,
-                few_shot: int = 0) -> list[EvalItem]:
-    """Every scored question of the requested splits. Every split folder (and ``Full_Set`` when few-shot
-    examples are asked for) is read here, so a missing one fails at start, naming it."""
-    shots = draw_shots(bench.full_set(), few_shot, seed) if few_shot > 0 else {}
-    skip = {s.key for group in shots.values() for s in group}
+                protocol: str = "official") -> list[EvalItem]:
+    """Every scored question of the requested splits, with the official protocol's examples (drawn from the
+    whole split; ``limit`` only cuts the profiles scored). Every split folder (and ``Full_Set`` when a split
+    gets examples) is read here, so a missing one fails at start, naming it."""
     items: list[EvalItem] = []
     for split in splits:
         profiles = bench.profiles(split, forget_ratio)
+        examples = SplitExamples()
+        if protocol == "official" and split in EXAMPLE_SPLITS:
+            ids = bench.split_ids("forget" if split == "test" else split, forget_ratio)
+            examples = draw_examples(split, ids, bench.full_set(), seed)
         for profile in profiles[:limit] if limit else profiles:
-            items.extend(items_for(profile, split, seed, shots, skip))
+            items.extend(items_for(profile, split, seed, protocol, examples))
     return items
+
+
+def examples_shown(items: list[EvalItem]) -> dict[str, dict[str, list[str]]]:
+    """``{split: {task: example profile ids}}``: the profiles whose questions were shown as examples."""
+    shown: dict[str, dict[str, set[str]]] = {}
+    for it in items:
+        for shot in it.shots:
+            shown.setdefault(it.split, {}).setdefault(it.task, set()).add(shot.key[0])
+    return {split: {task: sorted(ids) for task, ids in tasks.items()} for split, tasks in shown.items()}
 
 
 def make_logprobs_fn(module: torch.nn.Module, adapter, device: torch.device, dtype: torch.dtype):
@@ -65,10 +77,11 @@ def run_evaluation(items: list[EvalItem], collator: Collator, generate, opts: Ev
     by_uid = {it.uid: it for it in items}
     predictions = sorted((Prediction(by_uid[uid], reply, error, choice) for part in gathered
                           for uid, reply, error, choice in part), key=lambda p: p.item.uid)
-    results = score(predictions, splits)
+    results = score(predictions, splits, opts.protocol)
     results["meta"] = {"questions": len(items), "seconds": time.perf_counter() - t0, "world_size": strategy.world_size,
                        "batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "icu": opts.icu,
-                       "attack": opts.attack, "seed": opts.seed, "few_shot": opts.few_shot, "mc_mode": opts.mc_mode,
+                       "attack": opts.attack, "seed": opts.seed, "protocol": opts.protocol, "mc_mode": opts.mc_mode,
+                       "examples": examples_shown(items),
                        **(meta or {})}
     if out_file is not None:
         write_results(out_file, results, predictions)
@@ -90,7 +103,7 @@ def write_results(out_file: Path, results: dict, predictions) -> None:
 def engine_options(cfg) -> EvalOptions:
     e = cfg.eval
     return EvalOptions(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, seed=cfg.optim.seed,
-                       few_shot=e.few_shot, mc_mode=e.mc_mode)
+                       protocol=e.protocol, mc_mode=e.mc_mode)
 
 
 class EngineEvaluation:
@@ -102,7 +115,7 @@ class EngineEvaluation:
         self.opts = engine_options(cfg)
         bench = MLLMUBench(cfg.data.root, cfg.data.train_root)
         self.items = build_items(bench, cfg.data.forget_ratio, cfg.eval.splits, self.opts.seed, cfg.eval.limit,
-                                 self.opts.few_shot)
+                                 self.opts.protocol)
 
     def run(self, strategy, engine, adapter, out_file: Path, *, step: int | None = None) -> dict | None:
         """Every rank must call this (ZeRO-3: each forward gathers shards from all ranks)."""
@@ -143,7 +156,7 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
 
     adapter = load_adapter(model_path)
     bench = MLLMUBench(data_root)
-    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.few_shot)  # fails early on a missing split
+    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.protocol)  # fails early on a missing split
     if profiles is not None:
         items = [it for it in items if it.profile_id in profiles]
     _, world = DeepSpeedStrategy.init_process_group()

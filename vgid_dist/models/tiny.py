@@ -10,7 +10,15 @@ from pathlib import Path
 import torch
 
 from vgid_dist.models.export import save_hf_folder
-from vgid_dist.prompts import DEFAULT_REFUSALS, INSTRUCTIONS, REVERSE_ATTACK
+from vgid_dist.prompts import (
+    CLASSIFICATION_SUFFIX,
+    CLOZE_SUFFIX,
+    DEFAULT_REFUSALS,
+    GENERATION_SUFFIX_IMAGE,
+    GENERATION_SUFFIX_TEXT,
+    INSTRUCTIONS,
+    REVERSE_ATTACK,
+)
 
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -23,9 +31,7 @@ QWEN_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 BASE_TEXTS = ["USER: ASSISTANT: user assistant", *INSTRUCTIONS.values(), *DEFAULT_REFUSALS, REVERSE_ATTACK,
-              "Just give ONE letter representing the answer directly. A B C D",
-              "Please **ONLY** provide the correct answer that should replace the [Blank].",
-              "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH!!."]
+              f"{CLASSIFICATION_SUFFIX} A B C D", CLOZE_SUFFIX, GENERATION_SUFFIX_IMAGE, GENERATION_SUFFIX_TEXT]
 
 
 def train_bpe(texts: Iterable[str], specials: list[str], vocab_size: int):
