@@ -55,10 +55,11 @@ def measure(args) -> tuple[dict, bool]:
     import torch
 
     from vgid_dist.assets import resolve_tiny_path
+    from vgid_dist.config import EvalOptions
     from vgid_dist.data import MLLMUBench
     from vgid_dist.data.collate import Collator
     from vgid_dist.engine.runner import make_generate_fn
-    from vgid_dist.eval.evaluator import EvalOptions, generate_predictions, score
+    from vgid_dist.eval.evaluator import generate_predictions, score
     from vgid_dist.eval.run import build_items
     from vgid_dist.models import load_adapter
 

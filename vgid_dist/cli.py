@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
 from vgid_dist.errors import ConfigError, PlanError, VgidError
+from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PROTOCOLS, SPLITS
 
 PROTOCOL_HELP = ("official (default): the official MLLMU-Bench evaluator's solved examples before classification "
                  "and cloze questions, its Test_Set image draws and reply parsing, seeded; zero-shot: no "
@@ -49,12 +51,12 @@ def cmd_teacher_view(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from vgid_dist.eval.evaluator import EvalOptions
+    from vgid_dist.config import EvalOptions
     from vgid_dist.eval.run import evaluate_model
 
-    opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, icu=args.icu,
-                       attack=args.attack, seed=args.seed, protocol=args.protocol, mc_mode=args.mc_mode,
-                       steer=args.steer)
+    opts = EvalOptions.of("vgid eval", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          icu=args.icu, attack=args.attack, seed=args.seed, protocol=args.protocol,
+                          mc_mode=args.mc_mode, steer=args.steer)
     results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
                              splits=args.splits, limit=args.limit)
     if results is not None:
@@ -70,8 +72,8 @@ def cmd_steer_build(args) -> int:
     import yaml
     from pydantic import ValidationError
 
+    from vgid_dist.config.method_params import MllmEraserParams
     from vgid_dist.eval.steering import build_steering_file
-    from vgid_dist.methods.mllmeraser import MllmEraserParams
 
     if args.config:
         from vgid_dist.config import load_run_config
@@ -101,13 +103,13 @@ def cmd_steer_build(args) -> int:
 
 
 def cmd_attack_relearn(args) -> int:
-    from vgid_dist.eval.evaluator import EvalOptions
+    from vgid_dist.config import EvalOptions
     from vgid_dist.eval.relearn import format_recovery, run_relearn
     from vgid_dist.tracking import callback_for
 
     rows = {}
-    opts = EvalOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                       protocol=args.protocol, steer=args.steer)
+    opts = EvalOptions.of("vgid attack relearn", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed, protocol=args.protocol, steer=args.steer)
     for model in args.model:
         name = Path(model).parent.name if Path(model).name == "model" else Path(model).name
         out = Path(args.out) / name if len(args.model) > 1 else Path(args.out)
@@ -196,10 +198,28 @@ def cmd_ui(args) -> int:
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vgid", description="Distributed unlearning for multimodal LLMs")
-    sub = parser.add_subparsers(dest="command", required=True)
+DTYPES = ["float32", "bfloat16", "float16"]
 
+
+def _default(model, field: str):
+    """A field's default in the configuration models: the command line and recipes share one value."""
+    return model.model_fields[field].default
+
+
+def _model_and_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="local Hugging Face model folder")
+    p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
+    p.add_argument("--forget-ratio", type=int, default=_default(DataConfig, "forget_ratio"),
+                   choices=list(FORGET_RATIOS))
+
+
+def _eval_settings(p: argparse.ArgumentParser, batch_help: str | None = None) -> None:
+    p.add_argument("--batch-size", type=int, default=_default(EvalOptions, "batch_size"), help=batch_help)
+    p.add_argument("--max-new-tokens", type=int, default=_default(EvalOptions, "max_new_tokens"))
+    p.add_argument("--protocol", choices=PROTOCOLS, default=_default(EvalOptions, "protocol"), help=PROTOCOL_HELP)
+
+
+def _add_demo_train_config(sub) -> None:
     p = sub.add_parser("demo", help="the whole job on the embedded default: synthetic benchmark, tiny model, CPU")
     p.add_argument("--out", default="vgid-demo", help="output folder (reused when run again)")
     p.add_argument("--methods", default="vgid", help="comma-separated methods to train and compare (default vgid)")
@@ -233,24 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe (method.sigma=0.4)")
     p.set_defaults(func=cmd_teacher_view)
 
+
+def _add_eval_steer_attack(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model folder on MLLMU-Bench")
-    p.add_argument("--model", required=True, help="local Hugging Face model folder")
-    p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
-    p.add_argument("--forget-ratio", type=int, default=5, choices=[5, 10, 15])
+    _model_and_data(p)
     p.add_argument("--out", required=True, help="results JSON (predictions go beside it)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--icu", choices=["declarative", "polite", "strict"], default=None,
+    _eval_settings(p)
+    p.add_argument("--icu", choices=INSTRUCTION_STYLES, default=None,
                    help="unlearning instruction before every question (the ICU baseline)")
     p.add_argument("--attack", choices=["reverse"], default=None, help="reverse-engineering prompt after every question")
-    p.add_argument("--splits", nargs="+", default=["forget", "test", "retain", "celebrity"],
-                   choices=["forget", "test", "retain", "celebrity"])
-    p.add_argument("--protocol", choices=["official", "zero-shot"], default="official", help=PROTOCOL_HELP)
-    p.add_argument("--mc-mode", choices=["generate", "logits"], default="generate",
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    p.add_argument("--mc-mode", choices=MC_MODES, default=_default(EvalOptions, "mc_mode"),
                    help="logits: also score multiple choice by the option letters' log-probabilities "
                         "(class_acc_logits, beside the official generation-based class_acc)")
     p.add_argument("--seed", type=int, default=0, help="seeds the example profiles and the Test_Set image draws")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="MLLMEraser steering file (`vgid steer build`): its hooks steer the model while it answers")
@@ -259,14 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     steer = sub.add_parser("steer", help="MLLMEraser: training-free activation steering").add_subparsers(
         dest="steer_command", required=True)
     p = steer.add_parser("build", help="erasure directions and gate from the forget/retain pairs -> safetensors")
-    p.add_argument("--model", required=True, help="local Hugging Face model folder")
-    p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
-    p.add_argument("--forget-ratio", type=int, default=5, choices=[5, 10, 15])
+    _model_and_data(p)
     p.add_argument("--out", required=True, help="steering file to write (.safetensors)")
     p.add_argument("--config", default=None, help="recipe whose mllmeraser parameters to start from (e.g. mllmeraser)")
     p.add_argument("--seed", type=int, default=0, help="seeds the perturbation of the erasure inputs' images")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("params", nargs="*", help="mllmeraser parameters as key=value (layers=[15,16] scale=2 gate=soft)")
     p.set_defaults(func=cmd_steer_build)
 
@@ -275,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = attack.add_parser("relearn", help="fine-tune on some forget profiles, score the others: recovery per metric")
     p.add_argument("--model", required=True, nargs="+", help="unlearned model folder(s)")
     p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
-    p.add_argument("--forget-ratio", type=int, default=5, choices=[5, 10, 15])
+    p.add_argument("--forget-ratio", type=int, default=_default(DataConfig, "forget_ratio"),
+                   choices=list(FORGET_RATIOS))
     p.add_argument("--steps", type=int, required=True, help="optimiser steps of the attack's fine-tuning")
     p.add_argument("--subset", type=float, required=True,
                    help="fraction of the forget profiles whose training pairs are fitted (the rest are scored)")
@@ -284,15 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true", help="fit LoRA adapters instead of every weight")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seeds the profile split and the fine-tuning")
-    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--protocol", choices=["official", "zero-shot"], default="official", help=PROTOCOL_HELP)
+    _eval_settings(p, batch_help="evaluation batch size")
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="evaluate before and after with this MLLMEraser steering file (the attack fits the weights)")
     p.add_argument("--force", action="store_true", help="overwrite a finished attack run")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the fine-tuning run")
     p.set_defaults(func=cmd_attack_relearn)
 
+
+def _add_cluster_commands(sub) -> None:
     p = sub.add_parser("sweep", help="the model x forget-ratio x method matrix through submitit, tracked in MLflow")
     p.add_argument("matrix", help="matrix YAML path or packaged matrix name (tiny-matrix, paper-table3)")
     p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local"],
@@ -318,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", type=int, default=3, choices=[2, 3])
     p.add_argument("--offload", action="store_true", help="optimiser and parameters on the CPU (zero3_offload)")
     p.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning")
-    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-r", type=int, default=_default(LoraConfig, "r"))
     p.add_argument("--gpu-memory-gb", type=float, default=80.0)
     p.add_argument("--batch-size", type=int, default=None,
                    help="global forget samples per step (default: one per GPU); as many retain samples ride along")
@@ -333,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000, help="default 5000; a free port when it is taken, or with 0")
     p.set_defaults(func=cmd_ui)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vgid", description="Distributed unlearning for multimodal LLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo_train_config(sub)
+    _add_eval_steer_attack(sub)
+    _add_cluster_commands(sub)
     return parser
 
 

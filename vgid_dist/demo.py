@@ -12,15 +12,13 @@ Everything already finished in DIR is reused when the demo runs again (``--force
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 from vgid_dist.config import RECIPES_DIR, load_run_config
+from vgid_dist.vocab import SPLITS
 
-SPLITS = ("forget", "test", "retain", "celebrity")
-METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
 FORGET_RATIO = 5
 # ``--methods all``: the paper's Table 3 rows (plus ICU, Table 6, and the IDK variant of PO), in table order.
 ALL_METHODS = ("icu", "ga", "ga_diff", "kl_min", "npo", "po", "idk", "rmu", "icu_t", "noise_t", "vgid", "vkd",
@@ -49,8 +47,8 @@ def method_recipe(method: str) -> tuple[str, list[str]]:
 
 def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: bool = False) -> dict:
     from vgid_dist.assets import ensure_benchmark, ensure_vanilla
+    from vgid_dist.config import EvalOptions
     from vgid_dist.engine.entry import train
-    from vgid_dist.eval.evaluator import EvalOptions
     from vgid_dist.eval.report import write_report
     from vgid_dist.eval.run import evaluate_model
     from vgid_dist.methods import method_class
@@ -60,7 +58,7 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
     methods = resolve_methods(methods)
     data = ensure_benchmark(out / "data")
     vanilla = ensure_vanilla(out / "vanilla", data, family, in_process=True)
-    opts = EvalOptions(batch_size=16, max_new_tokens=50, seed=0)
+    opts = EvalOptions()
     results: dict[str, dict] = {}
 
     def evaluate(name: str, model: Path, *, redo: bool, icu: str | None = None, steer: Path | None = None) -> None:
@@ -68,7 +66,7 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
         if redo or not target.is_file():
             print(f"[demo] evaluating {name} ({model})", flush=True)
             evaluate_model(str(model), str(data), FORGET_RATIO, target,
-                           opts=dataclasses.replace(opts, icu=icu, steer=str(steer) if steer else None))
+                           opts=opts.but(icu=icu, steer=str(steer) if steer else None))
         results[name] = {k: v for k, v in json.loads(target.read_text()).items() if k in SPLITS}
 
     evaluate("base", vanilla, redo=False)

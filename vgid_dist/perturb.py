@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-Perturbation = Literal["random_noise", "gaussian", "white", "none"]
-PERTURBATIONS = ("random_noise", "gaussian", "white", "none")
+from vgid_dist.vocab import PERTURBATIONS
 
 
 def noise_rng(*key: object) -> np.random.Generator:
@@ -47,7 +45,7 @@ def perturb_image(image: Image.Image, kind: str, *, sigma: float = 0.5, rng: np.
     if kind == "none":
         return image.convert("RGB")
     if kind not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {kind!r}; expected one of {PERTURBATIONS}")
+        raise ValueError(f"unknown perturbation {kind!r}; expected none or one of {PERTURBATIONS}")
     seen = view(image.convert("RGB"))
     width, height = seen.size
     if kind == "random_noise":

@@ -7,10 +7,6 @@ task bodies follow the official MLLMU-Bench evaluator.
 
 from __future__ import annotations
 
-from typing import Literal
-
-InstructionStyle = Literal["declarative", "polite", "strict"]
-
 INSTRUCTIONS: dict[str, str] = {
     "declarative": (
         "You are an AI Assistant who is supposed to unlearn any knowledge regarding the individual depicted in "
@@ -73,8 +69,6 @@ CLOZE_SUFFIX = "Please **ONLY** provide the correct answer that should replace t
 GENERATION_SUFFIX_IMAGE = "Answer the question based on your trained knowledge in one sentence accurately in ENGLISH."
 GENERATION_SUFFIX_TEXT = "Answer the question based on your trained knowledge in one sentence in ENGLISH."
 
-Task = Literal["classification", "cloze", "generation"]
-QuestionType = Literal["Image_Textual", "Pure_Text"]
 
 
 def classification_body(question: str, options: dict[str, str]) -> str:

@@ -196,9 +196,9 @@ def _direct(model_dir: Path):
 
 @pytest.mark.parametrize("family", ["llava", "qwen"])
 def test_logits_choice_matches_one_question_at_a_time_reference(family, tiny_llava, tiny_qwen, official):
+    from vgid_dist.config import EvalOptions
     from vgid_dist.data import MLLMUBench
     from vgid_dist.eval.evaluator import (
-        EvalOptions,
         PromptEncoder,
         generate_predictions,
         option_continuations,
@@ -227,8 +227,9 @@ def test_logits_choice_matches_one_question_at_a_time_reference(family, tiny_lla
 
 
 def test_batched_replies_equal_one_at_a_time_replies(tiny_llava, official):
+    from vgid_dist.config import EvalOptions
     from vgid_dist.data import MLLMUBench
-    from vgid_dist.eval.evaluator import EvalOptions, generate_predictions
+    from vgid_dist.eval.evaluator import generate_predictions
     from vgid_dist.eval.run import build_items
 
     _, _, collator, generate, _ = _direct(tiny_llava)

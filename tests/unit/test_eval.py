@@ -8,12 +8,12 @@ import json
 import pytest
 from PIL import Image
 
+from vgid_dist.config import EvalOptions
 from vgid_dist.data import MLLMUBench
 from vgid_dist.data.schema import ImageRef
 from vgid_dist.data.synthetic import png_bytes
 from vgid_dist.errors import DataError
 from vgid_dist.eval.evaluator import (
-    EvalOptions,
     Prediction,
     PromptEncoder,
     option_continuations,

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from tests.official_layout import FORGET_5, write_official_layout
+from vgid_dist.config import EvalOptions
 from vgid_dist.data import MLLMUBench
 from vgid_dist.data.collate import Collator
 from vgid_dist.data.schema import ImageRef
-from vgid_dist.eval.evaluator import EvalOptions, PromptEncoder
+from vgid_dist.eval.evaluator import PromptEncoder
 from vgid_dist.eval.examples import EXAMPLE_PROFILES, Shot, draw_examples
 from vgid_dist.eval.items import EvalItem, items_for
 from vgid_dist.eval.run import build_items, run_evaluation

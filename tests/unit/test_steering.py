@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
+from vgid_dist.config.method_params import MllmEraserParams
 from vgid_dist.data.collate import Collator
 from vgid_dist.data.mllmu import MLLMUBench
 from vgid_dist.eval.steering import Steering, SteeringHooks, build_steering
-from vgid_dist.methods.mllmeraser import MllmEraserParams
 from vgid_dist.models import load_adapter
 
 

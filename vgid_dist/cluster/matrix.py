@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vgid_dist.config import RECIPES_DIR, deep_merge, format_validation_error, load_recipe_dict, packaged_file
 from vgid_dist.errors import ConfigError
+from vgid_dist.vocab import ForgetRatio, InstructionStyle
 
 MATRICES_DIR = RECIPES_DIR / "matrices"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -111,7 +112,7 @@ class Matrix(_Strict):
     experiment: str | None = None
     """Default MLflow experiment (``--experiment`` overrides); default: the matrix name."""
     models: dict[str, ModelEntry]
-    forget_ratios: list[Literal[5, 10, 15]]
+    forget_ratios: list[ForgetRatio]
     methods: dict[str, MethodEntry]
     seeds: list[int] | None = None
     overrides: list[str] = []
@@ -119,7 +120,7 @@ class Matrix(_Strict):
     """Evaluations of each untouched model per forget ratio, logged on the sweep's parent run: ``base`` (plain),
     ``icu`` (the unlearning instruction before every question) and ``mllmeraser`` (activation steering: its
     file is built in the job from the forget/retain training pairs, then applied); none of them trains."""
-    icu_style: Literal["declarative", "polite", "strict"] = "strict"
+    icu_style: InstructionStyle = "strict"
     attacks: list[Literal["reverse", "relearn"]] = []
     """Also evaluate every trained cell under these attacks: ``reverse`` (Table 6), ``relearn`` (the relearning
     attack, see ``relearn``); cell rules may change it per cell."""

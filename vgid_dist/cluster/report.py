@@ -21,7 +21,8 @@ from typing import Any
 
 from vgid_dist.errors import TrackingError
 from vgid_dist.eval.report import table3_markdown, table6_markdown, tradeoff_figure
-from vgid_dist.tracking import KIND_TAG, SPLITS, RunRecord, Tracker
+from vgid_dist.tracking import KIND_TAG, RunRecord, Tracker
+from vgid_dist.vocab import METRICS, SPLITS
 
 # Table 3's row order in the paper; other methods follow alphabetically.
 ROW_ORDER = ["base", "icu", "ga", "ga_diff", "kl_min", "po", "npo", "rmu", "icu_t", "noise_t", "vgid", "vkd",
@@ -102,18 +103,17 @@ def collect(runs: list[RunRecord]) -> dict[tuple[str, int], dict[str, dict[str, 
 
 # Evaluations logged by the relearning attack (cluster.tasks.CellTask._relearn): not attacks of Table 6.
 RELEARN_BEFORE, RELEARN_AFTER = "relearn_before", "relearn_after"
-RELEARN_METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
 
 
 def relearn_markdown(before: dict[str, dict], after: dict[str, dict], title: str) -> str:
     """Rows = methods; per metric, the held-out forget profiles' score before -> after the attack (recovery).
     ``before``/``after``: {row: {"forget": {metric: value}}}."""
-    lines = [f"**{title}**", "", "| Method | " + " | ".join(RELEARN_METRICS) + " |",
-             "|---|" + "---|" * len(RELEARN_METRICS)]
+    lines = [f"**{title}**", "", "| Method | " + " | ".join(METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
     for row in ordered(after):
         b, a = before.get(row, {}).get("forget", {}), after[row].get("forget", {})
         cells = [f"{b[m]:.3f} -> {a[m]:.3f} ({a[m] - b[m]:+.3f})" if m in a and m in b else "-"
-                 for m in RELEARN_METRICS]
+                 for m in METRICS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

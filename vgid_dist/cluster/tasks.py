@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from vgid_dist.config import EvalOptions
 from vgid_dist.errors import RunInterrupted
 
 
@@ -70,7 +71,7 @@ class CellTask:
     def _evaluate_attack(self, attack: str, rank: int) -> None:
         from vgid_dist.assets import resolve_assets
         from vgid_dist.config import load_run_config
-        from vgid_dist.eval.run import engine_options, evaluate_model
+        from vgid_dist.eval.run import evaluate_model
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
         out = cfg.resolved_output_dir()
@@ -78,7 +79,7 @@ class CellTask:
         if not target.is_file():
             # The cell's own evaluation settings (eval.protocol, eval.mc_mode, ...), so its attacked rows are
             # comparable with its plain row.
-            opts = replace(engine_options(cfg), attack=attack)
+            opts = EvalOptions.for_run(cfg, attack=attack)
             evaluate_model(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, target, opts=opts,
                            splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
                            limit=cfg.eval.limit)
@@ -99,7 +100,6 @@ class CellTask:
         from vgid_dist.cluster.matrix import RelearnSpec
         from vgid_dist.config import load_run_config
         from vgid_dist.eval.relearn import run_relearn
-        from vgid_dist.eval.run import engine_options
         from vgid_dist.tracking import callback_for
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
@@ -109,7 +109,7 @@ class CellTask:
         if target.is_file():
             result = json.loads(target.read_text())
         else:
-            opts = replace(engine_options(cfg), seed=spec.seed)
+            opts = EvalOptions.for_run(cfg, seed=spec.seed)
             tracker = callback_for(self.recipe)  # the attack's fine-tuning: a run of its own in the experiment
             result = run_relearn(str(out / "model"), cfg.data.root, cfg.data.forget_ratio, spec.steps, spec.subset,
                                  out / "relearn", config=self.recipe, lora=spec.lora, lr=spec.lr, seed=spec.seed,
@@ -151,17 +151,17 @@ class ReferenceTask:
         rank, world = export_distributed_env()
         from vgid_dist.assets import resolve_assets
         from vgid_dist.config import load_run_config
-        from vgid_dist.eval.run import engine_options, evaluate_model
+        from vgid_dist.eval.run import evaluate_model
 
         cfg = resolve_assets(load_run_config(self.recipe, list(self.overrides)))
-        base_opts = engine_options(cfg)  # the same settings as the cells' own evaluations
+        base_opts = EvalOptions.for_run(cfg)  # the same settings as the cells' own evaluations
         folder = Path(self.folder)
         done = []
         for name, attack in self.evaluations:
             target = folder / (f"{name}-{attack}.json" if attack else f"{name}.json")
             if not target.is_file():
                 steer = self._steering_file(cfg, rank) if name == "mllmeraser" else None
-                opts = replace(base_opts, icu=self.icu_style if name == "icu" else None, attack=attack,
+                opts = base_opts.but(icu=self.icu_style if name == "icu" else None, attack=attack,
                                steer=steer)
                 evaluate_model(cfg.model.path, cfg.data.root, self.forget_ratio, target, opts=opts,
                                splits=cfg.eval.splits, dtype=cfg.model.dtype, attention=cfg.model.attention,
@@ -176,8 +176,8 @@ class ReferenceTask:
         in one process; the other ranks wait for it (no process group exists yet to wait on)."""
         import time
 
+        from vgid_dist.config.method_params import MllmEraserParams
         from vgid_dist.eval.steering import build_steering_file
-        from vgid_dist.methods.mllmeraser import MllmEraserParams
 
         path = Path(self.folder) / "mllmeraser.safetensors"
         if rank == 0 and not path.is_file():

@@ -28,9 +28,7 @@ from vgid_dist.data.schema import (
     origin,
 )
 from vgid_dist.errors import DataError
-
-FORGET_RATIOS = (5, 10, 15)
-EVAL_SPLITS = ("forget", "test", "retain", "celebrity")
+from vgid_dist.vocab import FORGET_RATIOS, QUESTION_TYPES, SPLITS
 
 
 def retain_ratio(forget_ratio: int) -> int:
@@ -163,7 +161,7 @@ def _open_questions(task: Any, where: str) -> list[OpenQuestion]:
     out = []
     for i, q in enumerate(task or []):
         qtype = q.get("Type")
-        if qtype not in ("Image_Textual", "Pure_Text") or not q.get("Question") or q.get("Ground_Truth") is None:
+        if qtype not in QUESTION_TYPES or not q.get("Question") or q.get("Ground_Truth") is None:
             raise DataError(f"{where}[{i}]: expected Question, Ground_Truth and Type Image_Textual|Pure_Text, "
                             f"got {q!r:.160}")
         out.append(OpenQuestion(q["Question"], str(q["Ground_Truth"]), qtype))
@@ -263,7 +261,7 @@ class MLLMUBench:
         elif split == "test":
             folder, multi = self.root / "Test_Set", True
         else:
-            raise DataError(f"unknown evaluation split {split!r}; expected one of {EVAL_SPLITS}")
+            raise DataError(f"unknown evaluation split {split!r}; expected one of {SPLITS}")
         profiles = [profile_from_row(row, file, multi_image=multi) for file, row in read_rows(folder, ["ID"])]
         if split == "test":
             wanted = set(self.split_ids("forget", forget_ratio))

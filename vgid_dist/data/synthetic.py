@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from vgid_dist.data.mllmu import FORGET_RATIOS
 from vgid_dist.io import folder_written_atomically, write_json_atomic
 from vgid_dist.prompts import DEFAULT_REFUSALS, INSTRUCTIONS, task_body, with_instruction
+from vgid_dist.vocab import FORGET_RATIOS
 
 FIRST = ["Alma", "Bruno", "Cyra", "Dorian", "Elsa", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kaia", "Lior",
          "Mira", "Nils", "Odile", "Pavel", "Quinn", "Rosa", "Sami", "Tilda", "Umar", "Vera", "Wren", "Xeno",

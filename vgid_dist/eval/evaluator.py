@@ -17,48 +17,21 @@ from dataclasses import dataclass
 
 import torch
 
+from vgid_dist.config import EvalOptions
 from vgid_dist.data.collate import Collator, EncodedSample, ModelInputs
-from vgid_dist.errors import ConfigError, DataError
+from vgid_dist.errors import DataError
 from vgid_dist.eval import prompting
-from vgid_dist.eval.items import PROTOCOLS, EvalItem
+from vgid_dist.eval.items import EvalItem
 from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, official_reply, rouge_l
 
 LENIENT_METRIC = "class_acc_lenient"
 LOGITS_METRIC = "class_acc_logits"
-MC_MODES = ("generate", "logits")
 
 GenerateFn = Callable[[ModelInputs, int], torch.Tensor]
 """(left-padded prompts, max_new_tokens) -> [B, new] generated token ids (new tokens only)."""
 LogprobsFn = Callable[[ModelInputs], torch.Tensor]
 """(right-padded prompts with answer tokens) -> [T, V] float32 log-probabilities at the T target positions
 (row-major; see ``ModelInputs.target_mask``): the distribution each answer token is drawn from."""
-
-
-@dataclass
-class EvalOptions:
-    batch_size: int = 16
-    max_new_tokens: int = 50
-    icu: str | None = None
-    attack: str | None = None
-    seed: int = 0
-    """Seeds every draw: example profiles, Test_Set images."""
-    protocol: str = "official"
-    """``official``: the official MLLMU-Bench evaluator's examples, Test_Set image draws and reply parsing
-    (seeded); ``zero-shot``: no examples, one Test_Set image per profile, lenient ``class_acc``."""
-    mc_mode: str = "generate"
-    """``logits``: also score multiple choice by the option letters' log-probabilities (``class_acc_logits``)."""
-    steer: str | None = None
-    """A steering file (MLLMEraser, ``eval.steering``) whose hooks are applied to the model while it answers."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size {self.batch_size}: expected >= 1")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens {self.max_new_tokens}: expected >= 1")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"protocol {self.protocol!r}: expected one of {PROTOCOLS}")
-        if self.mc_mode not in MC_MODES:
-            raise ConfigError(f"mc_mode {self.mc_mode!r}: expected one of {MC_MODES}")
 
 
 @dataclass

@@ -15,8 +15,8 @@ from vgid_dist.data.schema import ImageRef, Profile
 from vgid_dist.eval.examples import Shot, SplitExamples, question_keys
 from vgid_dist.perturb import noise_rng
 from vgid_dist.prompts import task_body, with_attack, with_instruction
+from vgid_dist.vocab import PROTOCOLS
 
-PROTOCOLS = ("official", "zero-shot")
 """``official``: the official MLLMU-Bench evaluator's examples, Test_Set image draws and parsing, seeded;
 ``zero-shot``: no examples, one Test_Set image per profile, lenient classification parsing."""
 

@@ -26,16 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vgid_dist.assets import resolve_assets
-from vgid_dist.config import RunConfig, load_run_config, updated_config
+from vgid_dist.config import EvalOptions, RunConfig, load_run_config, updated_config
 from vgid_dist.data.mllmu import MLLMUBench
 from vgid_dist.engine.entry import train
 from vgid_dist.errors import RelearnError
-from vgid_dist.eval.evaluator import EvalOptions
 from vgid_dist.eval.run import build_items, evaluate_model
 from vgid_dist.io import write_json_atomic
 from vgid_dist.perturb import noise_rng
-
-METRICS = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
+from vgid_dist.vocab import METRICS
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vgid_dist.errors import ConfigError, DataError
+from vgid_dist.vocab import QUESTION_TYPES, SPLITS
 
-SPLITS = ("forget", "test", "retain", "celebrity")
 # (split, metric, desired direction) in the paper's Table 3 column order.
 TABLE3_COLUMNS = [
     ("forget", "cloze_acc", "down"), ("forget", "class_acc", "down"), ("forget", "gen_rougeL", "down"),
@@ -128,7 +128,7 @@ def format_type_table(results: Mapping) -> str:
     head = f"{'split':<10} {'type':<14} " + " ".join(f"{label:>15}" for _, label in TYPE_COLUMNS)
     lines = [head]
     for split in SPLITS:
-        for qtype in ("Image_Textual", "Pure_Text"):
+        for qtype in QUESTION_TYPES:
             values = (by_type.get(split) or {}).get(qtype)
             if values is None:
                 continue

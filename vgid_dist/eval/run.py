@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
+from vgid_dist.config import EvalOptions
 from vgid_dist.data.collate import Collator, ModelInputs
 from vgid_dist.data.mllmu import MLLMUBench
-from vgid_dist.eval.evaluator import EvalOptions, Prediction, generate_predictions, prediction_record, score
+from vgid_dist.eval.evaluator import Prediction, generate_predictions, prediction_record, score
 from vgid_dist.eval.examples import EXAMPLE_SPLITS, SplitExamples, draw_examples
 from vgid_dist.eval.items import EvalItem, items_for
 from vgid_dist.io import write_json_atomic, write_text_atomic
-
-SPLITS = ("forget", "test", "retain", "celebrity")
+from vgid_dist.vocab import SPLITS
 
 
 def build_items(bench: MLLMUBench, forget_ratio: int, splits=SPLITS, seed: int = 0, limit: int | None = None,
@@ -100,19 +100,13 @@ def write_results(out_file: Path, results: dict, predictions) -> None:
     write_json_atomic(out_file, results)
 
 
-def engine_options(cfg) -> EvalOptions:
-    e = cfg.eval
-    return EvalOptions(batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, seed=cfg.optim.seed,
-                       protocol=e.protocol, mc_mode=e.mc_mode)
-
-
 class EngineEvaluation:
     """The evaluation a training run repeats (every ``eval.every_steps`` steps, and at the end): the benchmark
     is read and the questions built once, at construction (a missing split folder fails there)."""
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.opts = engine_options(cfg)
+        self.opts = EvalOptions.for_run(cfg)
         bench = MLLMUBench(cfg.data.root, cfg.data.train_root)
         self.items = build_items(bench, cfg.data.forget_ratio, cfg.eval.splits, self.opts.seed, cfg.eval.limit,
                                  self.opts.protocol)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from vgid_dist.config.method_params import method_params_model
 from vgid_dist.methods.ablations import IcuT, NoiseT
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, ModelRunner, StepBatch
+from vgid_dist.methods.base import LossOutput, Method, ModelRunner, StepBatch
 from vgid_dist.methods.finetune import Finetune
 from vgid_dist.methods.ga import GradientAscent
 from vgid_dist.methods.ga_diff import GaDiff
@@ -19,19 +20,14 @@ from vgid_dist.methods.vkd import Vkd
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (Vgid, Finetune, GradientAscent, GaDiff, KlMin, Npo, Po, Idk,
                                                           Rmu, IcuT, NoiseT, Icu, Vkd, MllmEraser)}
 
-__all__ = ["REGISTRY", "LossOutput", "Method", "MethodParams", "ModelRunner", "StepBatch", "build_method",
-           "method_class", "method_params_model"]
+__all__ = ["REGISTRY", "LossOutput", "Method", "ModelRunner", "StepBatch", "build_method",
+           "method_class"]
 
 
 def method_class(name: str) -> type[Method]:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"method.name: unknown method {name!r}; known methods: {', '.join(sorted(REGISTRY))}") from None
-
-
-def method_params_model(name: str) -> type[MethodParams]:
-    return method_class(name).Params
+    """The class of method ``name``; an unknown name raises KeyError listing the known ones."""
+    method_params_model(name)  # the one place that knows the names and words the error
+    return REGISTRY[name]
 
 
 def build_method(method_cfg, collator, seed: int) -> Method:

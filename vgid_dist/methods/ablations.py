@@ -10,29 +10,8 @@ intervention is refused rather than ignored, so a recipe cannot suggest a settin
 
 from __future__ import annotations
 
-from pydantic import model_validator
-
-from vgid_dist.methods.vgid import Vgid, VgidParams
-
-
-def _refuse(params: VgidParams, method: str, fields: tuple[str, ...], why: str) -> None:
-    given = sorted(set(fields) & params.model_fields_set)
-    if given:
-        raise ValueError(f"method.{given[0]}: {method} {why}; remove {', '.join(given)}")
-
-
-class IcuTParams(VgidParams):
-    @model_validator(mode="after")
-    def _no_perturbation(self) -> IcuTParams:
-        _refuse(self, "icu_t", ("perturbation", "sigma"), "shows the teacher the original image")
-        return self
-
-
-class NoiseTParams(VgidParams):
-    @model_validator(mode="after")
-    def _no_instruction(self) -> NoiseTParams:
-        _refuse(self, "noise_t", ("instruction_style",), "puts no instruction before the teacher's question")
-        return self
+from vgid_dist.config.method_params import IcuTParams, NoiseTParams
+from vgid_dist.methods.vgid import Vgid
 
 
 class IcuT(Vgid):

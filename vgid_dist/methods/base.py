@@ -13,16 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from vgid_dist.config.method_params import MethodParams
 from vgid_dist.data.collate import Collator, ModelInputs
 from vgid_dist.data.schema import Sample
-
-
-class MethodParams(BaseModel):
-    """Base of every method's parameter model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelRunner(Protocol):

@@ -3,18 +3,10 @@ relearning attack (fine-tuning an unlearned model on some forget profiles' pairs
 
 from __future__ import annotations
 
-from typing import Literal
-
+from vgid_dist.config.method_params import FinetuneParams
 from vgid_dist.data.schema import Sample
 from vgid_dist.losses import nll_sum, token_mean
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
-
-
-class FinetuneParams(MethodParams):
-    source: Literal["ft_data", "forget", "retain"] = "ft_data"
-    """Which pairs to fit: the benchmark's ft_Data (vanilla model), or the forget / retain training pairs."""
-    profiles: list[str] | None = None
-    """Only the pairs of these profile ids (the relearning attack fits a subset of the forget profiles)."""
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 
 
 class Finetune(Method):

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import torch
 
+from vgid_dist.config.method_params import GaParams
 from vgid_dist.data.collate import EncodedSample
 from vgid_dist.data.schema import Sample
 from vgid_dist.losses import nll_sum, token_mean
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
-
-
-class GaParams(MethodParams):
-    """GA has no parameters of its own (learning rate and steps are the run's)."""
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 
 
 class GradientAscent(Method):

@@ -9,16 +9,10 @@ retain rows join the same student forward (forget rows first).
 
 from __future__ import annotations
 
-from pydantic import Field
-
+from vgid_dist.config.method_params import GaDiffParams
 from vgid_dist.losses import nll_sum, token_mean
-from vgid_dist.methods.base import LossOutput, MethodParams
+from vgid_dist.methods.base import LossOutput
 from vgid_dist.methods.ga import GradientAscent
-
-
-class GaDiffParams(MethodParams):
-    retain_weight: float = Field(1.0, ge=0)
-    """lambda of eq. 7; 1 as in TOFU's and MLLMU-Bench's gradient-difference baselines."""
 
 
 class GaDiff(GradientAscent):

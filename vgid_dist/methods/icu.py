@@ -6,14 +6,8 @@ its parameter.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from vgid_dist.methods.base import InferenceOnlyMethod, MethodParams
-
-
-class IcuParams(MethodParams):
-    instruction_style: Literal["declarative", "polite", "strict"] = "strict"
-    """The instruction put before each question at evaluation (VGID's default teacher instruction)."""
+from vgid_dist.config.method_params import IcuParams
+from vgid_dist.methods.base import InferenceOnlyMethod
 
 
 class Icu(InferenceOnlyMethod):

@@ -9,16 +9,10 @@ retain rows join the student forward, and the frozen model runs on the same rows
 
 from __future__ import annotations
 
-from pydantic import Field
-
+from vgid_dist.config.method_params import KlMinParams
 from vgid_dist.losses import kl_sum, token_mean
-from vgid_dist.methods.base import LossOutput, MethodParams, StepBatch
+from vgid_dist.methods.base import LossOutput, StepBatch
 from vgid_dist.methods.ga import GradientAscent
-
-
-class KlMinParams(MethodParams):
-    beta: float = Field(1.0, ge=0)
-    """Weight of the retain KL (eq. 8); 1 as in TOFU's and MLLMU-Bench's KL baselines."""
 
 
 class KlMin(GradientAscent):

@@ -11,18 +11,13 @@ sequence's answer tokens. The reference is the frozen base model (the same froze
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
+from vgid_dist.config.method_params import NpoParams
 from vgid_dist.data.collate import ModelInputs
 from vgid_dist.data.schema import Sample
 from vgid_dist.losses import sequence_logprobs, token_logprobs, token_mean
 from vgid_dist.losses.preference import npo_sum
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, ModelRunner, StepBatch
-
-
-class NpoParams(MethodParams):
-    beta: float = Field(0.1, gt=0)
-    """Inverse temperature of eq. 10; 0.1 as in the NPO paper's TOFU experiments."""
+from vgid_dist.methods.base import LossOutput, Method, ModelRunner, StepBatch
 
 
 def answer_logprobs(runner: ModelRunner, inputs: ModelInputs) -> torch.Tensor:

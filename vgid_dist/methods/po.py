@@ -20,32 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from pydantic import Field
-
+from vgid_dist.config.method_params import IdkParams, PoParams
 from vgid_dist.data.schema import Sample
 from vgid_dist.losses import nll_sum, token_mean
 from vgid_dist.losses.preference import dpo_sum
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 from vgid_dist.methods.ga import GradientAscent
 from vgid_dist.methods.npo import answer_logprobs
 from vgid_dist.perturb import noise_rng
-from vgid_dist.prompts import DEFAULT_REFUSALS
-
-
-class RefusalParams(MethodParams):
-    refusals: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS), min_length=1)
-    """Refusal answers; one is chosen per forget sample (seeded)."""
 
 
 def with_refusal(sample: Sample, refusals: list[str], seed: int) -> Sample:
     """The forget sample with its answer replaced by its seeded choice of refusal."""
     choice = int(noise_rng(seed, "refusal", sample.sample_id).integers(len(refusals)))
     return dataclasses.replace(sample, answer=refusals[choice])
-
-
-class PoParams(RefusalParams):
-    beta: float = Field(0.1, gt=0)
-    """Inverse temperature of eq. 9; 0.1 as in DPO and TOFU's preference-optimisation runs."""
 
 
 class Po(Method):
@@ -70,11 +58,6 @@ class Po(Method):
         # Mean log-ratio of the original (rejected) answers: how far the forget answers have been pushed down.
         rejected_ratio = token_mean((policy[n:] - ref[n:]).detach().sum(), counts["forget_seqs"])
         return LossOutput(loss, {"dpo": loss.detach(), "rejected_log_ratio": rejected_ratio})
-
-
-class IdkParams(RefusalParams):
-    retain_weight: float = Field(1.0, ge=0)
-    """Weight of the retain NLL; 1 as in TOFU's IDK baseline."""
 
 
 class Idk(GradientAscent):

@@ -30,44 +30,15 @@ Each term is a sum over its positions divided by the global count of those posit
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import ConfigDict, Field, model_validator
 
+from vgid_dist.config.method_params import RmuParams
 from vgid_dist.errors import ConfigError
 from vgid_dist.losses import token_mean
 from vgid_dist.losses.preference import rmu_sum
 from vgid_dist.losses.representation import representation_sum
-from vgid_dist.methods.base import LossOutput, MethodParams
+from vgid_dist.methods.base import LossOutput
 from vgid_dist.methods.ga import GradientAscent
-
-
-class RmuParams(MethodParams):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    variant: Literal["reference", "per_position"] = "reference"
-    """How the forget target and the distance are formed (module docstring)."""
-    layer: int = Field(7, ge=0)
-    """Decoder layer (0-based) whose output is steered; 7 of 32 as in the WMDP RMU runs on 7B models."""
-    lambda_: float = Field(5.0, gt=0, alias="lambda")
-    """Scale of the target relative to the frozen activation norm (written ``lambda`` in recipes): Adaptive
-    RMU's scaling factor 5 (reference: of the mean norm; per_position: of each position's norm)."""
-    steering_coeff: float | None = Field(None, gt=0)
-    """reference only: a fixed coefficient c instead of the adaptive one (WMDP RMU's steering coefficient,
-    e.g. 6.5 for Zephyr-7B, tied to that model's activation scale)."""
-    gamma: float = Field(1200.0, ge=0)
-    """Weight of the retain term (eq. 15); WMDP RMU's and Adaptive RMU's retain weight alpha = 1200."""
-    trainable: Literal["down_proj", "up_to_layer", "all"] = "down_proj"
-    """``down_proj``: the MLP down-projection of decoder layers layer-2..layer (WMDP); ``up_to_layer``: decoder
-    layers 0..layer; ``all``: every parameter that would train otherwise."""
-
-    @model_validator(mode="after")
-    def _coefficient_belongs_to_reference(self) -> RmuParams:
-        if self.steering_coeff is not None and self.variant != "reference":
-            raise ValueError("method.steering_coeff: only the reference variant uses one coefficient "
-                             "(per_position scales each position's own norm by lambda); remove it")
-        return self
 
 
 class Rmu(GradientAscent):

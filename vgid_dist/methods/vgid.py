@@ -11,31 +11,13 @@ each term a sum over its answer tokens divided by the global count of those toke
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
+from vgid_dist.config.method_params import VgidParams
 from vgid_dist.data.collate import shared_suffix
 from vgid_dist.data.schema import Sample
 from vgid_dist.losses import kl_sum, token_mean
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 from vgid_dist.perturb import noise_rng, perturb_image
 from vgid_dist.prompts import with_instruction
-
-
-class VgidParams(MethodParams):
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(1.0, ge=0)
-    perturbation: Literal["random_noise", "gaussian", "white"] = "random_noise"
-    sigma: float = Field(0.5, gt=0)
-    """Standard deviation of the gaussian perturbation, as a fraction of the 0-255 pixel range."""
-    instruction_style: Literal["declarative", "polite", "strict"] = "strict"
-    temperature: float = Field(1.0, gt=0)
-    fused_kl: bool = True
-    """KL through the output heads in row chunks (never a [tokens x vocab] tensor); false: from logits."""
-    kl_positions: Literal["answer", "all"] = "answer"
-    """answer: the answer tokens; all: every position of the shared suffix of teacher and student inputs (as
-    the authors' released code does; for retain rows, whose inputs are identical, every position)."""
 
 
 class Vgid(Method):

@@ -27,47 +27,20 @@ image token ids there). Student and frozen forward once per micro-batch each: fo
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
 
+from vgid_dist.config.method_params import VkdParams
 from vgid_dist.data.schema import Sample
 from vgid_dist.errors import ConfigError
 from vgid_dist.losses import token_mean
 from vgid_dist.losses.representation import representation_sum
-from vgid_dist.methods.base import LossOutput, Method, MethodParams, StepBatch
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 from vgid_dist.perturb import noise_rng, perturb_image
 
 # Module names of the visual pathway, as they appear at the end of module paths (LLaVA, Qwen2.5-VL).
 PROJECTOR_NAMES = ("multi_modal_projector", "visual.merger")
 VISION_TOWER_NAMES = ("vision_tower", "visual")
-
-
-class VkdParams(MethodParams):
-    layers: list[int] = Field(default_factory=lambda: [15])
-    """Decoder layers (0-based) whose outputs at the image positions are matched; 15 of 32: the middle of
-    LLaVA-1.5-7B's language model, where visual entity representations are formed."""
-    loss: Literal["mse", "cosine"] = "mse"
-    trainable: Literal["projector", "vision_tower", "both"] = "both"
-    """Which part of the visual pathway trains; everything else is frozen."""
-    alpha: float = Field(1.0, ge=0)
-    """Weight of the forget term."""
-    beta: float = Field(1.0, ge=0)
-    """Weight of the retain term."""
-    perturbation: Literal["random_noise", "gaussian", "white"] = "random_noise"
-    """How the erased target's image is made (VGID's perturbations)."""
-    sigma: float = Field(0.5, gt=0)
-    """Standard deviation of the gaussian perturbation, as a fraction of the 0-255 pixel range."""
-
-    @field_validator("layers")
-    @classmethod
-    def _layers_valid(cls, layers: list[int]) -> list[int]:
-        if not layers:
-            raise ValueError("expected at least one decoder layer")
-        if any(layer < 0 for layer in layers):
-            raise ValueError(f"layers {layers}: expected 0-based decoder layer indices (>= 0)")
-        return sorted(set(layers))
 
 
 def visual_parameters(model: torch.nn.Module, part: str) -> set[int]:

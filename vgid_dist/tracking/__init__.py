@@ -30,7 +30,6 @@ from vgid_dist.tracking.names import (
     PARENT_ENV,
     PARENT_TAG,
     RUN_ID_FILE,
-    SPLITS,
     TRACKING_ENV,
     enabled,
     eval_metric_key,
@@ -53,7 +52,7 @@ from vgid_dist.tracking.runs import (
 from vgid_dist.tracking.store import RunRecord, Tracker, ui_command
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "EXPERIMENT_ENV", "KIND_TAG", "MODEL_ENV", "PARENT_ENV", "PARENT_TAG", "RUN_ID_FILE", "SPLITS",
+    "DEFAULT_EXPERIMENT", "EXPERIMENT_ENV", "KIND_TAG", "MODEL_ENV", "PARENT_ENV", "PARENT_TAG", "RUN_ID_FILE",
     "TRACKING_ENV", "RunRecord", "Tracker", "TrackingCallback", "callback_for", "config_params",
     "enabled", "environment_tags", "eval_metric_key", "eval_metrics", "import_finished_output",
     "log_output_artifacts", "read_run_id", "reference_prefix", "run_name", "run_tags", "start_or_resume",

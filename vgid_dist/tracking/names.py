@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vgid_dist.io import write_text_atomic
+from vgid_dist.vocab import SPLITS
 
 TRACKING_ENV = "VGID_TRACKING"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -17,7 +18,6 @@ PARENT_ENV = "VGID_MLFLOW_PARENT_RUN_ID"
 MODEL_ENV = "VGID_MODEL_NAME"
 DEFAULT_EXPERIMENT = "vgid"
 RUN_ID_FILE = "mlflow_run_id"
-SPLITS = ("forget", "test", "retain", "celebrity")
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "vgid.kind"  # "train" (one per training job) or "sweep" (a sweep's parent)
 

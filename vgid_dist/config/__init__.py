@@ -1,0 +1,42 @@
+"""The run configuration: pydantic models (``run``), every method's parameters (``method_params``), YAML recipes
+and ``key=value`` overrides (``recipes``), and the DeepSpeed JSON of a run (``deepspeed``)."""
+
+from vgid_dist.config.deepspeed import DS_CONFIGS_DIR, ds_config_path, load_ds_config, resolve_ds_config
+from vgid_dist.config.method_params import METHOD_PARAMS, MethodParams, method_params_model
+from vgid_dist.config.recipes import (
+    OVERRIDE_SHORTCUTS,
+    RECIPES_DIR,
+    apply_overrides,
+    build_run_config,
+    deep_merge,
+    flatten,
+    load_recipe_dict,
+    load_run_config,
+    packaged_file,
+    packaged_recipes,
+    parse_override,
+    recipe_path,
+    resolved_config,
+    updated_config,
+)
+from vgid_dist.config.run import (
+    DataConfig,
+    EvalConfig,
+    EvalOptions,
+    EvalSettings,
+    LoraConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    format_validation_error,
+)
+
+__all__ = [
+    "DS_CONFIGS_DIR", "METHOD_PARAMS", "OVERRIDE_SHORTCUTS", "RECIPES_DIR", "DataConfig", "EvalConfig", "EvalOptions",
+    "EvalSettings", "LoraConfig",
+    "MethodConfig", "MethodParams", "ModelConfig", "OptimConfig", "RunConfig", "apply_overrides", "build_run_config",
+    "deep_merge", "ds_config_path", "flatten", "format_validation_error", "load_ds_config", "load_recipe_dict",
+    "load_run_config", "method_params_model", "packaged_file", "packaged_recipes", "parse_override", "recipe_path",
+    "resolve_ds_config", "resolved_config", "updated_config",
+]

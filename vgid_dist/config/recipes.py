@@ -1,0 +1,204 @@
+"""Reading a run configuration: YAML recipes, dotted ``key=value`` overrides, environment expansion.
+
+Recipes are YAML files, given as a path or as the name of a packaged recipe (``vgid_dist/recipes/*.yaml``).
+A recipe may name a parent with ``extends: <name or path>``; its keys are merged over the parent's (a
+``method`` with another name replaces the parent's method section).
+``${VAR}`` and ``${VAR:-default}`` in string values are expanded from the environment.
+A run is read once (``load_run_config``), then passed down.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from vgid_dist.config.run import RunConfig, format_validation_error
+from vgid_dist.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+# Short override keys users type on the command line; each maps to exactly one dotted path.
+OVERRIDE_SHORTCUTS = {
+    "seed": "optim.seed",
+    "max_steps": "optim.max_steps",
+    "epochs": "optim.epochs",
+    "lr": "optim.lr",
+    "batch_size": "optim.batch_size",
+    "grad_accum": "optim.grad_accum",
+    "forget_ratio": "data.forget_ratio",
+}
+
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None else m.group(0)),
+                        value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def packaged_file(name_or_path: str, folder: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """A file path as given (it must exist), or the packaged file of that name in ``folder`` (``tiny`` ->
+    ``folder/tiny.yaml``). An unknown name fails listing the packaged ones, the closest first."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in suffixes or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"{p}: {what} file not found")
+        return p
+    packaged = folder / f"{name_or_path}{suffixes[0]}"
+    if packaged.is_file():
+        return packaged
+    known = sorted(q.stem for q in folder.glob(f"*{suffixes[0]}"))
+    close = difflib.get_close_matches(name_or_path, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"{what} {name_or_path!r}: neither a {suffixes[0]} file nor a packaged {what}{hint} "
+                      f"(known: {', '.join(known)})")
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe path as given, or the packaged recipe of that name."""
+    return packaged_file(name_or_path, RECIPES_DIR, (".yaml", ".yml"), "recipe")
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: Mapping, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_recipe_dict(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
+    """The recipe as a plain dict, with ``extends`` chains merged (parent first)."""
+    path = recipe_path(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        parent_ref = str(parent)
+        local = path.parent / parent_ref
+        if local.suffix in (".yaml", ".yml") and local.is_file():
+            parent_ref = str(local)
+        base = load_recipe_dict(parent_ref, _seen + (path.resolve(),))
+        # A different method replaces the parent's whole method section (its parameters mean nothing here).
+        if "method" in data and data["method"].get("name", base.get("method", {}).get("name")) != \
+                base.get("method", {}).get("name"):
+            base.pop("method", None)
+        data = deep_merge(base, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], value), the value parsed as YAML (numbers, booleans, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value with a dotted key, e.g. method.alpha=2")
+    key, raw = text.split("=", 1)
+    key = OVERRIDE_SHORTCUTS.get(key.strip(), key.strip())
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(data: dict, keys: list[str], value: Any, what: str) -> None:
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{what}: {k!r} is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_dotted(data, keys, value, f"override {text!r}")
+    return data
+
+
+def updated_config(cfg: RunConfig, values: Mapping[str, Any], source: str) -> RunConfig:
+    """``cfg`` with dotted keys set to plain values (``{"optim.max_steps": 20, "method": {...}}``), validated
+    again; ``source`` names the run in errors."""
+    data = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        _set_dotted(data, key.split("."), value, f"{source}: {key}")
+    return build_run_config(data, source)
+
+
+def build_run_config(data: dict, source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(_expand_env(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_run_config(config: str, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a recipe (path or packaged name), apply ``key=value`` overrides, validate everything."""
+    overrides = list(overrides)
+    data = apply_overrides(load_recipe_dict(config), overrides)
+    source = str(recipe_path(config)) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    return build_run_config(data, source)
+
+
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """What a run of ``cfg`` uses, as plain data: every field with its given or default value, the method's
+    parameters filled from the method's own defaults, ``output_dir`` resolved (``vgid config``)."""
+    data = cfg.model_dump(mode="json")
+    data["method"] = {"name": cfg.method.name, **cfg.method.params().model_dump(mode="json", by_alias=True)}
+    data["output_dir"] = str(cfg.resolved_output_dir())
+    return data
+
+
+def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are kept as values."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
