@@ -206,6 +206,16 @@ def _default(model, field: str):
     return model.model_fields[field].default
 
 
+def _finish(p: argparse.ArgumentParser, func, *, force: str | None = None, overrides: str | None = None) -> None:
+    """A command's closing arguments: ``--force`` (with what it overwrites), trailing ``key=value`` overrides
+    (with what they change), and the function that runs it."""
+    if force:
+        p.add_argument("--force", action="store_true", help=force)
+    if overrides:
+        p.add_argument("overrides", nargs="*", help=overrides)
+    p.set_defaults(func=func)
+
+
 def _model_and_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="local Hugging Face model folder")
     p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
@@ -224,19 +234,15 @@ def _add_demo_train_config(sub) -> None:
     p.add_argument("--out", default="vgid-demo", help="output folder (reused when run again)")
     p.add_argument("--methods", default="vgid", help="comma-separated methods to train and compare (default vgid)")
     p.add_argument("--family", default="llava", choices=["llava", "qwen2_5_vl"])
-    p.add_argument("--force", action="store_true", help="retrain and re-evaluate methods already finished")
-    p.set_defaults(func=cmd_demo)
+    _finish(p, cmd_demo, force="retrain and re-evaluate methods already finished")
 
     p = sub.add_parser("train", help="one unlearning run (single process; use deepspeed/torchrun for several)")
     p.add_argument("--config", required=True, help="recipe YAML path or packaged recipe name")
-    p.add_argument("--force", action="store_true", help="overwrite a finished output_dir")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.set_defaults(func=cmd_train)
+    _finish(p, cmd_train, force="overwrite a finished output_dir", overrides="dotted key=value overrides")
 
     p = sub.add_parser("config", help="print the resolved configuration of a recipe (what a run would use)")
     p.add_argument("config", help="recipe YAML path or packaged recipe name")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.set_defaults(func=cmd_config)
+    _finish(p, cmd_config, overrides="dotted key=value overrides")
 
     p = sub.add_parser("teacher-view", help="the student's and the teacher's processed images side by side, with "
                                             "the teacher's prompt")
@@ -249,9 +255,8 @@ def _add_demo_train_config(sub) -> None:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--json", action="store_true",
                    help="print per-channel mean/std of both processed pixel tensors (and the prompts) as JSON")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe (method.sigma=0.4)")
-    p.set_defaults(func=cmd_teacher_view)
+    _finish(p, cmd_teacher_view, force="replace an existing --out",
+            overrides="dotted key=value overrides of the recipe (method.sigma=0.4)")
 
 
 def _add_eval_steer_attack(sub) -> None:
@@ -271,7 +276,7 @@ def _add_eval_steer_attack(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="MLLMEraser steering file (`vgid steer build`): its hooks steer the model while it answers")
-    p.set_defaults(func=cmd_eval)
+    _finish(p, cmd_eval)
 
     steer = sub.add_parser("steer", help="MLLMEraser: training-free activation steering").add_subparsers(
         dest="steer_command", required=True)
@@ -283,7 +288,7 @@ def _add_eval_steer_attack(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("params", nargs="*", help="mllmeraser parameters as key=value (layers=[15,16] scale=2 gate=soft)")
-    p.set_defaults(func=cmd_steer_build)
+    _finish(p, cmd_steer_build)
 
     attack = sub.add_parser("attack", help="attacks on an unlearned model").add_subparsers(
         dest="attack_command", required=True)
@@ -303,9 +308,8 @@ def _add_eval_steer_attack(sub) -> None:
     _eval_settings(p, batch_help="evaluation batch size")
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="evaluate before and after with this MLLMEraser steering file (the attack fits the weights)")
-    p.add_argument("--force", action="store_true", help="overwrite a finished attack run")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the fine-tuning run")
-    p.set_defaults(func=cmd_attack_relearn)
+    _finish(p, cmd_attack_relearn, force="overwrite a finished attack run",
+            overrides="dotted key=value overrides of the fine-tuning run")
 
 
 def _add_cluster_commands(sub) -> None:
@@ -318,13 +322,12 @@ def _add_cluster_commands(sub) -> None:
     p.add_argument("--out", default=None, help="sweep root for the cells' output_dirs (default runs/sweeps/<experiment>)")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their sbatch parameters, submit nothing")
     p.add_argument("--wait-timeout", type=float, default=None, help="with --wait: give up after this many seconds")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides for every cell (e.g. eval.batch_size=32)")
-    p.set_defaults(func=cmd_sweep)
+    _finish(p, cmd_sweep, overrides="dotted key=value overrides for every cell (e.g. eval.batch_size=32)")
 
     p = sub.add_parser("report", help="Table 3 / Table 6 and trade-off figures from an MLflow experiment")
     p.add_argument("--experiment", required=True, help="MLflow experiment name")
     p.add_argument("--out", default=None, help="output folder (default runs/reports/<experiment>)")
-    p.set_defaults(func=cmd_report)
+    _finish(p, cmd_report)
 
     p = sub.add_parser("plan", help="per-GPU memory of a run (parameters, gradients, optimiser, teacher, "
                                     "activations) and whether it fits")
@@ -343,12 +346,12 @@ def _add_cluster_commands(sub) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    p.set_defaults(func=cmd_plan)
+    _finish(p, cmd_plan)
 
     p = sub.add_parser("ui", help="the MLflow browser on the tracking store (local SQLite unless MLFLOW_TRACKING_URI)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000, help="default 5000; a free port when it is taken, or with 0")
-    p.set_defaults(func=cmd_ui)
+    _finish(p, cmd_ui)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vgid_dist.config import RECIPES_DIR, deep_merge, format_validation_error, load_recipe_dict, packaged_file
+from vgid_dist.config import RECIPES_DIR, format_validation_error, load_recipe_dict, packaged_file
+from vgid_dist.config.recipes import read_extending
 from vgid_dist.errors import ConfigError
 from vgid_dist.vocab import ForgetRatio, InstructionStyle
 
@@ -204,24 +204,10 @@ def packaged_matrices() -> list[str]:
     return sorted(p.stem for p in MATRICES_DIR.glob("*.yaml"))
 
 
-def load_matrix_dict(name_or_path: str, _seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+def load_matrix_dict(name_or_path: str) -> tuple[dict, Path]:
     """The matrix as plain data, with an ``extends: <matrix name or path>`` parent merged under it (the
     child's keys win; mappings such as ``methods`` merge key by key, lists such as ``overrides`` replace)."""
-    path = matrix_path(name_or_path)
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: 'extends' forms a cycle")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    parent = data.pop("extends", None)
-    if parent is not None:
-        local = path.parent / str(parent)
-        ref = str(local) if local.suffix in (".yaml", ".yml") and local.is_file() else str(parent)
-        data = deep_merge(load_matrix_dict(ref, _seen + (path.resolve(),))[0], data)
-    return data, path
+    return read_extending(name_or_path, matrix_path)
 
 
 def load_matrix(name_or_path: str) -> tuple[Matrix, Path]:

@@ -31,12 +31,3 @@ from vgid_dist.config.run import (
     RunConfig,
     format_validation_error,
 )
-
-__all__ = [
-    "DS_CONFIGS_DIR", "METHOD_PARAMS", "OVERRIDE_SHORTCUTS", "RECIPES_DIR", "DataConfig", "EvalConfig", "EvalOptions",
-    "EvalSettings", "LoraConfig",
-    "MethodConfig", "MethodParams", "ModelConfig", "OptimConfig", "RunConfig", "apply_overrides", "build_run_config",
-    "deep_merge", "ds_config_path", "flatten", "format_validation_error", "load_ds_config", "load_recipe_dict",
-    "load_run_config", "method_params_model", "packaged_file", "packaged_recipes", "parse_override", "recipe_path",
-    "resolve_ds_config", "resolved_config", "updated_config",
-]

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vgid_dist.config.recipes import RECIPES_DIR, packaged_file
+from vgid_dist.config.recipes import RECIPES_DIR, packaged_file, read_mapping
 from vgid_dist.config.run import RunConfig
 from vgid_dist.errors import ConfigError
 
@@ -18,14 +17,7 @@ def ds_config_path(name_or_path: str) -> Path:
 
 
 def load_ds_config(name_or_path: str) -> dict:
-    path = ds_config_path(name_or_path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
+    return read_mapping(ds_config_path(name_or_path))
 
 
 def resolve_ds_config(cfg: RunConfig, world_size: int) -> dict:

@@ -13,7 +13,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,16 +79,45 @@ def packaged_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def _read_yaml(path: Path) -> dict:
+def read_mapping(path: Path) -> dict:
+    """A YAML file (JSON for ``.json``) whose top level is a mapping; every error names the file (an empty
+    YAML file is an empty mapping)."""
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte offset {exc.start}: "
+                          f"{raw[exc.start:exc.start + 1]!r})") from None
+    try:
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
+    if data is None and kind == "YAML":
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def read_extending(name_or_path: str, find: Callable[[str], Path],
+                   combine: Callable[[dict, dict, Path], dict] | None = None,
+                   _seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+    """(data, path) of the file ``find`` resolves ``name_or_path`` to, with an ``extends: <name or path>``
+    parent read the same way and merged under it by ``combine(parent, child, path)`` (default: ``deep_merge``,
+    the child's keys win). A parent path is tried next to the child first."""
+    path = find(name_or_path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    data = read_mapping(path)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        local = path.parent / str(parent)
+        ref = str(local) if local.suffix in (".yaml", ".yml") and local.is_file() else str(parent)
+        base, _ = read_extending(ref, find, combine, _seen + (path.resolve(),))
+        data = combine(base, data, path) if combine else deep_merge(base, data)
+    return data, path
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:
@@ -101,25 +130,22 @@ def deep_merge(base: Mapping, over: Mapping) -> dict:
     return out
 
 
-def load_recipe_dict(name_or_path: str, _seen: tuple[Path, ...] = ()) -> dict:
+def _merge_recipe(base: dict, child: dict, path: Path) -> dict:
+    """A child recipe over its parent; a different method replaces the parent's whole method section (its
+    parameters mean nothing for another method)."""
+    for name, section in (("method", child.get("method")), ("method", base.get("method"))):
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(f"{path}: {name}: expected a mapping with a name (e.g. {{name: vgid, alpha: 2}}), got "
+                              f"{section!r}")
+    if "method" in child and child["method"].get("name", (base.get("method") or {}).get("name")) != \
+            (base.get("method") or {}).get("name"):
+        base = {k: v for k, v in base.items() if k != "method"}
+    return deep_merge(base, child)
+
+
+def load_recipe_dict(name_or_path: str) -> dict:
     """The recipe as a plain dict, with ``extends`` chains merged (parent first)."""
-    path = recipe_path(name_or_path)
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: 'extends' forms a cycle")
-    data = _read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is not None:
-        parent_ref = str(parent)
-        local = path.parent / parent_ref
-        if local.suffix in (".yaml", ".yml") and local.is_file():
-            parent_ref = str(local)
-        base = load_recipe_dict(parent_ref, _seen + (path.resolve(),))
-        # A different method replaces the parent's whole method section (its parameters mean nothing here).
-        if "method" in data and data["method"].get("name", base.get("method", {}).get("name")) != \
-                base.get("method", {}).get("name"):
-            base.pop("method", None)
-        data = deep_merge(base, data)
-    return data
+    return read_extending(name_or_path, recipe_path, _merge_recipe)[0]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -14,13 +14,9 @@ from vgid_dist.config.method_params import IcuTParams, NoiseTParams
 from vgid_dist.methods.vgid import Vgid
 
 
-class IcuT(Vgid):
-    name = "icu_t"
-    Params = IcuTParams
-    use_perturbation = False
+class IcuT(Vgid, name="icu_t", params=IcuTParams, use_perturbation=False):
+    """The teacher sees the instruction and the original image."""
 
 
-class NoiseT(Vgid):
-    name = "noise_t"
-    Params = NoiseTParams
-    use_instruction = False
+class NoiseT(Vgid, name="noise_t", params=NoiseTParams, use_instruction=False):
+    """The teacher sees the perturbed image and no instruction."""

@@ -15,8 +15,9 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from vgid_dist.config.method_params import MethodParams
-from vgid_dist.data.collate import Collator, ModelInputs
+from vgid_dist.data.collate import Collator, EncodedSample, ModelInputs
 from vgid_dist.data.schema import Sample
+from vgid_dist.losses import nll_sum, sequence_logprobs, token_logprobs, token_mean
 
 
 class ModelRunner(Protocol):
@@ -59,7 +60,12 @@ class LossOutput:
 
 
 class Method:
-    """Base class; subclasses set ``name``, ``Params`` and implement ``build_batch`` / ``compute_loss``."""
+    """Base class. A method declares itself in its class line and implements ``build_batch`` / ``compute_loss``::
+
+        class Npo(Method, name="npo", params=NpoParams, uses_retain=False): ...
+
+    ``name`` is ``method.name`` in recipes, ``params`` its parameter model (``config.method_params``); any other
+    keyword sets a class flag below (or one a parent method defines), so a method states only how it differs."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]]
@@ -67,6 +73,18 @@ class Method:
     """Whether the frozen base model (teacher/reference) is loaded."""
     uses_retain: ClassVar[bool] = True
     trains: ClassVar[bool] = True
+
+    def __init_subclass__(cls, *, name: str | None = None, params: type[MethodParams] | None = None,
+                          **flags: Any) -> None:
+        super().__init_subclass__()
+        if name is not None:
+            cls.name = name
+        if params is not None:
+            cls.Params = params
+        for flag, value in flags.items():
+            if not hasattr(cls, flag):
+                raise TypeError(f"{cls.__name__}: unknown method flag {flag!r}")
+            setattr(cls, flag, value)
 
     def __init__(self, params: MethodParams, collator: Collator, seed: int):
         self.params = params
@@ -108,12 +126,36 @@ class Method:
         raise NotImplementedError
 
     # helpers shared by methods ----------------------------------------------------------------------------------
-    def encode_plain(self, samples: list[Sample]):
+    def encode_plain(self, samples: list[Sample]) -> list[EncodedSample]:
         return [self.collator.encode(s) for s in samples]
 
     @staticmethod
-    def count_tokens(encoded) -> int:
+    def count_tokens(encoded: list[EncodedSample]) -> int:
         return sum(len(e.answer_ids) for e in encoded)
+
+    def forget_retain_batch(self, forget: list[EncodedSample], retain: list[EncodedSample]) -> StepBatch:
+        """One student forward per micro-batch over the forget rows, then the retain rows (none for methods
+        without a retain term): the first ``forget_tokens`` scored positions are the forget answer tokens."""
+        return StepBatch(inputs={"student": self.collator.pad(forget + retain)},
+                         counts={"forget_tokens": self.count_tokens(forget), "retain_tokens": self.count_tokens(retain)},
+                         meta={"truncated": sum(e.truncated for e in forget + retain)})
+
+    @staticmethod
+    def answer_logprobs(runner: ModelRunner, inputs: ModelInputs) -> torch.Tensor:
+        """[B] log p(answer | prompt) per row of ``inputs``: token log-probs of the answer, summed per row."""
+        logits = runner.target_logits(inputs)
+        return sequence_logprobs(token_logprobs(logits, inputs.target_ids), inputs.targets_per_row)
+
+    @staticmethod
+    def forget_retain_nll(batch: StepBatch, logits: torch.Tensor,
+                          counts: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-mean NLL of the forget answers and of the retain answers of a ``forget_retain_batch``, from its
+        [T, V] student logits; each divided by the global count of its tokens."""
+        n_forget = batch.counts["forget_tokens"]
+        targets = batch.inputs["student"].target_ids
+        forget = token_mean(nll_sum(logits[:n_forget], targets[:n_forget]), counts["forget_tokens"])
+        retain = token_mean(nll_sum(logits[n_forget:], targets[n_forget:]), counts.get("retain_tokens", 0))
+        return forget, retain
 
 
 class InferenceOnlyMethod(Method):

@@ -9,12 +9,7 @@ from vgid_dist.losses import nll_sum, token_mean
 from vgid_dist.methods.base import LossOutput, Method, StepBatch
 
 
-class Finetune(Method):
-    name = "finetune"
-    Params = FinetuneParams
-    needs_frozen = False
-    uses_retain = False
-
+class Finetune(Method, name="finetune", params=FinetuneParams, needs_frozen=False, uses_retain=False):
     def training_samples(self, data_cfg) -> tuple[list[Sample], list[Sample]]:
         from vgid_dist.data import MLLMUBench, load_unlearning_data
 

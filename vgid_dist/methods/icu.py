@@ -10,9 +10,6 @@ from vgid_dist.config.method_params import IcuParams
 from vgid_dist.methods.base import InferenceOnlyMethod
 
 
-class Icu(InferenceOnlyMethod):
-    name = "icu"
-    Params = IcuParams
-    uses_retain = False
+class Icu(InferenceOnlyMethod, name="icu", params=IcuParams, uses_retain=False):
     how_to_use = ("evaluate the base model with the instruction before each question (`vgid eval --icu STYLE`, "
                   "or `vgid demo --methods icu`)")

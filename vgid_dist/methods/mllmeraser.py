@@ -11,9 +11,6 @@ from vgid_dist.config.method_params import MllmEraserParams
 from vgid_dist.methods.base import InferenceOnlyMethod
 
 
-class MllmEraser(InferenceOnlyMethod):
-    name = "mllmeraser"
-    Params = MllmEraserParams
-    uses_retain = True
+class MllmEraser(InferenceOnlyMethod, name="mllmeraser", params=MllmEraserParams, uses_retain=True):
     how_to_use = ("build its steering file (`vgid steer build`) and evaluate the base model with it "
                   "(`vgid eval --steer FILE`, or `vgid demo --methods mllmeraser`)")

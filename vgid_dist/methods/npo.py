@@ -10,26 +10,14 @@ sequence's answer tokens. The reference is the frozen base model (the same froze
 
 from __future__ import annotations
 
-import torch
-
 from vgid_dist.config.method_params import NpoParams
-from vgid_dist.data.collate import ModelInputs
 from vgid_dist.data.schema import Sample
-from vgid_dist.losses import sequence_logprobs, token_logprobs, token_mean
+from vgid_dist.losses import token_mean
 from vgid_dist.losses.preference import npo_sum
-from vgid_dist.methods.base import LossOutput, Method, ModelRunner, StepBatch
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 
 
-def answer_logprobs(runner: ModelRunner, inputs: ModelInputs) -> torch.Tensor:
-    """[B] log p(answer | prompt) per row of ``inputs``: token log-probs of the answer, summed per row."""
-    return sequence_logprobs(token_logprobs(runner.target_logits(inputs), inputs.target_ids), inputs.targets_per_row)
-
-
-class Npo(Method):
-    name = "npo"
-    Params = NpoParams
-    uses_retain = False
-
+class Npo(Method, name="npo", params=NpoParams, uses_retain=False):
     def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:
         forget = self.encode_plain(primary)
         return StepBatch(inputs={"forget": self.collator.pad(forget)},
@@ -38,8 +26,8 @@ class Npo(Method):
 
     def compute_loss(self, batch, student, frozen, counts) -> LossOutput:
         inputs = batch.inputs["forget"]
-        policy = answer_logprobs(student, inputs)
-        ref = answer_logprobs(frozen, inputs)
+        policy = self.answer_logprobs(student, inputs)
+        ref = self.answer_logprobs(frozen, inputs)
         loss = token_mean(npo_sum(policy, ref, self.params.beta), counts["forget_seqs"])
         # Mean log-ratio log p_theta / p_ref per sequence: how far the forget answers have been pushed down.
         log_ratio = token_mean((policy - ref).detach().sum(), counts["forget_seqs"])

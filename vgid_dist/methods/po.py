@@ -22,11 +22,9 @@ import dataclasses
 
 from vgid_dist.config.method_params import IdkParams, PoParams
 from vgid_dist.data.schema import Sample
-from vgid_dist.losses import nll_sum, token_mean
+from vgid_dist.losses import token_mean
 from vgid_dist.losses.preference import dpo_sum
 from vgid_dist.methods.base import LossOutput, Method, StepBatch
-from vgid_dist.methods.ga import GradientAscent
-from vgid_dist.methods.npo import answer_logprobs
 from vgid_dist.perturb import noise_rng
 
 
@@ -36,11 +34,7 @@ def with_refusal(sample: Sample, refusals: list[str], seed: int) -> Sample:
     return dataclasses.replace(sample, answer=refusals[choice])
 
 
-class Po(Method):
-    name = "po"
-    Params = PoParams
-    uses_retain = False
-
+class Po(Method, name="po", params=PoParams, uses_retain=False):
     def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:
         rejected = self.encode_plain(primary)
         chosen = [self.collator.encode(with_refusal(s, self.params.refusals, self.seed)) for s in primary]
@@ -52,28 +46,21 @@ class Po(Method):
     def compute_loss(self, batch, student, frozen, counts) -> LossOutput:
         inputs = batch.inputs["pairs"]
         n = batch.counts["forget_seqs"]
-        policy = answer_logprobs(student, inputs)
-        ref = answer_logprobs(frozen, inputs)
+        policy = self.answer_logprobs(student, inputs)
+        ref = self.answer_logprobs(frozen, inputs)
         loss = token_mean(dpo_sum(policy[:n], policy[n:], ref[:n], ref[n:], self.params.beta), counts["forget_seqs"])
         # Mean log-ratio of the original (rejected) answers: how far the forget answers have been pushed down.
         rejected_ratio = token_mean((policy[n:] - ref[n:]).detach().sum(), counts["forget_seqs"])
         return LossOutput(loss, {"dpo": loss.detach(), "rejected_log_ratio": rejected_ratio})
 
 
-class Idk(GradientAscent):
-    name = "idk"
-    Params = IdkParams
-    uses_retain = True
-
+class Idk(Method, name="idk", params=IdkParams, needs_frozen=False):
     def build_batch(self, primary: list[Sample], retain: list[Sample], epoch: int) -> StepBatch:
         refusals = [self.collator.encode(with_refusal(s, self.params.refusals, self.seed)) for s in primary]
         return self.forget_retain_batch(refusals, self.encode_plain(retain))
 
     def compute_loss(self, batch, student, frozen, counts) -> LossOutput:
-        inputs = batch.inputs["student"]
-        n_forget = batch.counts["forget_tokens"]
-        logits = student.target_logits(inputs)
-        refusal_nll = self.forget_nll(batch, logits, counts)
-        retain_nll = token_mean(nll_sum(logits[n_forget:], inputs.target_ids[n_forget:]), counts["retain_tokens"])
+        refusal_nll, retain_nll = self.forget_retain_nll(batch, student.target_logits(batch.inputs["student"]),
+                                                         counts)
         loss = refusal_nll + self.params.retain_weight * retain_nll
         return LossOutput(loss, {"refusal_nll": refusal_nll.detach(), "retain_nll": retain_nll.detach()})

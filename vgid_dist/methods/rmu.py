@@ -37,22 +37,19 @@ from vgid_dist.errors import ConfigError
 from vgid_dist.losses import token_mean
 from vgid_dist.losses.preference import rmu_sum
 from vgid_dist.losses.representation import representation_sum
-from vgid_dist.methods.base import LossOutput
-from vgid_dist.methods.ga import GradientAscent
+from vgid_dist.methods.base import LossOutput, Method, StepBatch
 
 
-class Rmu(GradientAscent):
-    """A diff from ``ga`` in its batch only (forget rows then retain rows, one student and one frozen forward)."""
-
-    name = "rmu"
-    Params = RmuParams
-    needs_frozen = True
-    uses_retain = True
+class Rmu(Method, name="rmu", params=RmuParams):
+    """Forget rows then retain rows, one student and one frozen forward per micro-batch."""
 
     def __init__(self, params, collator, seed):
         super().__init__(params, collator, seed)
         self._direction: torch.Tensor | None = None
         self.coefficient: float | None = params.steering_coeff
+
+    def build_batch(self, primary, retain, epoch) -> StepBatch:
+        return self.forget_retain_batch(self.encode_plain(primary), self.encode_plain(retain))
 
     # -- what trains ----------------------------------------------------------------------------------------------
     def configure_trainable(self, model: torch.nn.Module, layers: torch.nn.ModuleList) -> None:

@@ -20,9 +20,7 @@ from vgid_dist.perturb import noise_rng, perturb_image
 from vgid_dist.prompts import with_instruction
 
 
-class Vgid(Method):
-    name = "vgid"
-    Params = VgidParams
+class Vgid(Method, name="vgid", params=VgidParams):
     # The two interventions; the ICU-T and Noise-T ablations switch one off.
     use_instruction = True
     use_perturbation = True

@@ -64,12 +64,7 @@ def visual_parameters(model: torch.nn.Module, part: str) -> set[int]:
     return chosen
 
 
-class Vkd(Method):
-    name = "vkd"
-    Params = VkdParams
-    needs_frozen = True
-    uses_retain = True
-
+class Vkd(Method, name="vkd", params=VkdParams):
     def training_samples(self, data_cfg) -> tuple[list[Sample], list[Sample]]:
         forget, retain = super().training_samples(data_cfg)
         return [s for s in forget if s.image is not None], [s for s in retain if s.image is not None]

@@ -50,11 +50,3 @@ from vgid_dist.tracking.runs import (
     start_or_resume,
 )
 from vgid_dist.tracking.store import RunRecord, Tracker, ui_command
-
-__all__ = [
-    "DEFAULT_EXPERIMENT", "EXPERIMENT_ENV", "KIND_TAG", "MODEL_ENV", "PARENT_ENV", "PARENT_TAG", "RUN_ID_FILE",
-    "TRACKING_ENV", "RunRecord", "Tracker", "TrackingCallback", "callback_for", "config_params",
-    "enabled", "environment_tags", "eval_metric_key", "eval_metrics", "import_finished_output",
-    "log_output_artifacts", "read_run_id", "reference_prefix", "run_name", "run_tags", "start_or_resume",
-    "step_metrics", "tracking_uri", "ui_command", "write_run_id",
-]
