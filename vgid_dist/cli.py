@@ -7,6 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from vgid_dist.threads import prefer_sleeping_threads
+
+# Before torch is imported anywhere in this process (libgomp reads it when it loads).
+prefer_sleeping_threads()
+
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
