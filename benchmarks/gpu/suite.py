@@ -65,13 +65,13 @@ TRAIN_FIELDS = ["shape", "lora", "batch_size", "dtype", "vgid", "reference", "me
 # Budgets in seconds (GPU, cpu-smoke); they add up to the default deadlines, and time a stage leaves unused
 # passes to the later ones.
 STAGES = [
-    Stage("install", (30, 30), ["python", "device", *VERSIONS, "cuda", "gpu_memory_gb", "package_path",
+    Stage("install", (30, 45), ["python", "device", *VERSIONS, "cuda", "gpu_memory_gb", "package_path",
                                 "wheelhouse", "wheelhouse_wheels", "wheelhouse_mib"]),
     Stage("unit_tests", (60, 30), ["selection", "passed", "failed", "skipped"]),
-    Stage("vgid_step", (60, 80), ["device", "dtype", "attention", "steps", "loss_first", "loss_last", "finite",
+    Stage("vgid_step", (60, 70), ["device", "dtype", "attention", "steps", "loss_first", "loss_last", "finite",
                                   "step_time_s", "train_seconds", "eval_questions", "eval_seconds"]),
     Stage("fused_kl", (110, 40), ["N", "H", "V", "dtype", "naive", "ours", "liger", "ours_row_path", "check"]),
-    Stage("train_qwen_full", (100, 50), TRAIN_FIELDS),
+    Stage("train_qwen_full", (100, 45), TRAIN_FIELDS),
     Stage("train_llava_lora", (100, 50), TRAIN_FIELDS),
     Stage("plan", (10, 10), ["train_qwen_full", "train_llava_lora"]),
 ]
@@ -88,6 +88,7 @@ class Suite:
         self.python = sys.executable
         self.site = self.work / "site"
         self.deadline = time.monotonic() + args.deadline
+        self.stage_end = self.deadline
         self.log = (self.out / "suite.log").open("w")
         self.stages = {s.name: s for s in STAGES}
         self.report = {"suite": {"mode": "cpu-smoke" if self.cpu else "gpu", "started": _now(), "finished": None,
@@ -101,6 +102,10 @@ class Suite:
         self.env.setdefault("VGID_KERNEL_CACHE", str(self.work / "kernels"))
 
     # -- running children ------------------------------------------------------------------------------------
+    def left(self) -> float:
+        """Seconds left in the current stage."""
+        return self.stage_end - time.monotonic()
+
     def child(self, cmd: list[str], timeout: float, env: dict | None = None, cwd: Path = REPO) -> tuple[int, str]:
         """Run ``cmd`` in its own process group; on timeout the whole group is killed. (exit code, output)."""
         self.log.write(f"\n$ {' '.join(cmd)}\n")
@@ -140,11 +145,13 @@ class Suite:
                 entry["error"] = "no time left before the suite's deadline"
                 continue
             start = time.monotonic()
+            self.stage_end = start + timeout
             try:
                 entry["result"] = getattr(self, f"stage_{name}")(timeout)
                 entry["status"] = "ok"
-            except subprocess.TimeoutExpired:
-                entry["status"], entry["error"] = "timeout", f"killed after {timeout:.0f} s"
+            except subprocess.TimeoutExpired as exc:
+                entry["status"] = "timeout"
+                entry["error"] = f"{' '.join(map(str, exc.cmd))[:300]}: killed at the stage's {timeout:.0f} s limit"
             except Exception as exc:  # noqa: BLE001 - a failed stage is a result; the next stage still runs
                 entry["status"], entry["error"] = "failed", f"{type(exc).__name__}: {exc}"[:2000]
             entry["seconds"] = round(time.monotonic() - start, 1)
@@ -175,14 +182,14 @@ class Suite:
             code, out = self.child([self.python, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps",
                                     "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
                                     *[a for p in PLATFORMS for a in ("--platform", p)], "--target",
-                                    str(self.work / "dry-run"), *map(str, wheels)], timeout / 2)
+                                    str(self.work / "dry-run"), *map(str, wheels)], self.left())
             if code != 0:
                 raise StageError(f"the wheelhouse does not install on CPython 3.12: {_tail(out)}")
             state = "checked (pip dry run for CPython 3.12)"
         else:
             code, out = self.child([self.python, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                                     "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(self.site),
-                                    *map(str, wheels)], timeout / 2)
+                                    *map(str, wheels)], self.left())
             if code != 0:
                 raise StageError(f"pip install from the wheelhouse failed: {_tail(out)}")
             # The working tree first (what is measured), the carried packages after it.
@@ -191,7 +198,7 @@ class Suite:
         # The versions, imported from outside the repository: the package as installed (its wheel on the GPU).
         installed = bool(wheels) and (not self.cpu or self.args.install)
         probe_env = {**self.env, "PYTHONPATH": str(self.site) if installed else str(REPO)}
-        versions = self._probe(probe_env, timeout / 2)
+        versions = self._probe(probe_env, self.left())
         return {**versions, "wheelhouse": state, "wheelhouse_wheels": len(wheels), "wheelhouse_mib": mib}
 
     def _probe(self, env: dict, timeout: float) -> dict:
@@ -229,9 +236,9 @@ class Suite:
                                                                                       "cuda")
         script = str(REPO / "benchmarks" / "fused_kl.py")
         common = ["--n", str(n), "--h", str(h), "--v", str(v), "--dtype", dtype, "--device", device]
-        lines = self.json_lines([self.python, script, *common, "--repeat", "3"], timeout * 0.7)
+        lines = self.json_lines([self.python, script, *common, "--repeat", "3"], self.left() - 0.25 * timeout)
         by_impl = {line["impl"]: line for line in lines}
-        (check,) = self.json_lines([self.python, script, *common, "--check"], max(5.0, timeout * 0.3))
+        (check,) = self.json_lines([self.python, script, *common, "--check"], self.left())
 
         def figures(impl: str) -> dict | None:
             line = by_impl.get(impl)
@@ -248,7 +255,7 @@ class Suite:
     def _train(self, timeout: float, shape: str, lora: bool, batch: int) -> dict:
         cmd = [self.python, str(REPO / "benchmarks" / "train_step.py"), "--shape", shape, "--batch-size", str(batch),
                "--steps", "2" if self.cpu else "4", "--warmup", "1",
-               "--child-timeout", str(int(timeout / 2))]
+               "--child-timeout", str(int(timeout))]
         lines = self.json_lines(cmd + (["--lora"] if lora else []), timeout, prefix='{"step"')
         steps = {line["step"]: line for line in lines}
         vgid, ref = steps["vgid"], steps["reference"]
@@ -279,7 +286,7 @@ class Suite:
             cmd = [self.python, "-m", "vgid_dist.cli", "plan", "--model", model, "--gpus-per-node", "1",
                    "--batch-size", str(measured["batch_size"]), "--dtype", measured["dtype"], "--json",
                    "--gpu-memory-gb", "141"]
-            (plan,) = self.json_lines(cmd + (["--lora"] if measured["lora"] else []), timeout / 2)
+            (plan,) = self.json_lines(cmd + (["--lora"] if measured["lora"] else []), self.left())
             got = measured["peak_above_baseline_gb"] if self.cpu else measured["vgid"]["peak_memory_gb"]
             out[name] = {"predicted_gb": plan["total_gb"], "required_gb": plan["required_gb"], "measured_gb": got,
                          "error": round(plan["total_gb"] / got - 1, 3), "fits": plan["fits"]}

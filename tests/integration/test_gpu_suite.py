@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.integration
 def load_suite():
     spec = importlib.util.spec_from_file_location("gpu_suite", REPO / "benchmarks" / "gpu" / "suite.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
