@@ -95,15 +95,17 @@ class PeakMemory:
             _reset_peak_rss()
             self.base = _status_kb("VmRSS") * 1024
 
-    def peak_extra_mb(self) -> float:
+    def peak_mb(self) -> float:
+        """The absolute peak: ``torch.cuda.max_memory_allocated`` on CUDA, VmHWM on CPU."""
         if self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = _status_kb("VmHWM") * 1024
-        return round((peak - self.base) / 2**20, 1)
+            return torch.cuda.max_memory_allocated() / 2**20
+        return _status_kb("VmHWM") / 1024
+
+    def peak_extra_mb(self) -> float:
+        return round(self.peak_mb() - self.base / 2**20, 1)
 
 
 def make_inputs(n, h, v, dtype, device, seed=0):
@@ -177,11 +179,13 @@ def run_one(cfg: dict) -> dict:
     if impl == "ours":
         from vgid_dist.losses.cpu_kernel import row_kernel
         from vgid_dist.losses.fused_kl import default_chunk_bytes, default_chunk_rows
+        from vgid_dist.losses.row_math import use_compiled_rows
 
         # Built (or loaded from its cache) here, before timing starts; null = the eager torch path.
-        kernel = row_kernel() if device.type == "cpu" else None
+        kernel = row_kernel() if device.type == "cpu" and not use_compiled_rows(device) else None
         out["cpu_kernel"] = kernel.isa if kernel is not None else None
         out["chunk_size"] = chunk or default_chunk_rows(n, v, default_chunk_bytes(device))
+        out["row_path"] = "kernel" if kernel is not None else ("compiled" if use_compiled_rows(device) else "eager")
     elif impl == "liger":
         out["chunk_size"] = chunk or LIGER_CHUNK
 
@@ -210,11 +214,14 @@ def run_one(cfg: dict) -> dict:
         sec, cpu, loss = step()
         times.append(sec)
         cpu_times.append(cpu)
+    if impl == "ours" and out["row_path"] == "compiled" and not use_compiled_rows(device):
+        out["row_path"] = "eager (compilation failed)"
     best = min(range(len(times)), key=times.__getitem__)
     # cpu_seconds: process CPU time (all threads) of the best run; a second view when the machine is shared.
     out.update(seconds=round(times[best], 3), seconds_all=[round(t, 3) for t in times],
                cpu_seconds=round(cpu_times[best], 3), loadavg_1min=round(os.getloadavg()[0], 2),
                peak_extra_mb=mem.peak_extra_mb(), loss=loss,
+               max_memory_allocated_mb=round(mem.peak_mb(), 1) if device.type == "cuda" else None,
                grad_h_norm=float(hs.grad.float().norm()), grad_w_norm=float(ws.grad.float().norm()))
     return out
 

@@ -4,9 +4,10 @@ way the authors' released code computes VGID.
 The model is randomly initialised from a configuration alone (speed does not depend on the values, and no
 weights are needed): ``--shape`` names an architecture from ``vgid_dist.plan.ARCHITECTURES`` (``qwen2.5-vl-3b``,
 ``llava-1.5-7b``, ``llava-1.5-13b``) or a small one defined here (``tiny``, ``tiny-qwen``, ``small``,
-``small-wide``, ``small-qwen``). Its tokenizer is a byte-level BPE trained in code (``vgid_dist.models.tiny``) on
-the synthetic words below, so every word is one token and the batch shapes match the benchmark's: one image,
-~60 question tokens, ~20 answer tokens per sample, as many retain as forget samples.
+``small-wide``, ``small-qwen``, ``small-qwen-vocab``: Qwen2.5-VL's 151,936-token vocabulary on a small body). Its
+tokenizer is a byte-level BPE trained in code (``vgid_dist.models.tiny``) on the synthetic words below, so every
+word is one token and the batch shapes match the benchmark's: one image, ~60 question tokens, ~20 answer tokens per
+sample, as many retain as forget samples.
 
 (a) ``vgid``: the product's code path, as ``engine.trainer.Trainer.train_step`` runs it: ``DeepSpeedStrategy``
     (ZeRO-3, the student engine with its AdamW, a second frozen engine for the teacher, or the student with its
@@ -75,6 +76,13 @@ SMALL_SHAPES: dict[str, Architecture] = {
                                num_layers=6, num_heads=8, num_kv_heads=2, vision_hidden=256, vision_intermediate=640,
                                vision_layers=4, vision_heads=4, patch_size=14, image_size=112, vision_out_hidden=512,
                                name="small-qwen"),
+    # Qwen2.5-VL's vocabulary (and tied head) on a small body: the case where the logits, not the layers, set the
+    # step's memory and time; runs on a CPU.
+    "small-qwen-vocab": Architecture(family="qwen2_5_vl", vocab_size=151936, hidden_size=512, intermediate_size=1536,
+                                     num_layers=4, num_heads=8, num_kv_heads=2, vision_hidden=256,
+                                     vision_intermediate=640, vision_layers=4, vision_heads=4, patch_size=14,
+                                     image_size=112, vision_out_hidden=512, tie_word_embeddings=True,
+                                     name="small-qwen-vocab"),
 }
 SHAPES: dict[str, Architecture] = {**SMALL_SHAPES, **ARCHITECTURES}
 

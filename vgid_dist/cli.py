@@ -8,7 +8,12 @@ from pathlib import Path
 
 from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
 from vgid_dist.errors import ConfigError, PlanError, VgidError
+from vgid_dist.threads import prefer_sleeping_threads
 from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PROTOCOLS, SPLITS
+
+# Before torch is imported anywhere in this process (libgomp reads it when it loads).
+prefer_sleeping_threads()
+
 
 PROTOCOL_HELP = ("official (default): the official MLLMU-Bench evaluator's solved examples before classification "
                  "and cloze questions, its Test_Set image draws and reply parsing, seeded; zero-shot: no "

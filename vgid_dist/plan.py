@@ -27,8 +27,9 @@ LoRA with adapter dropout adds (6 x hidden + intermediate) x (b + 1) bytes per t
 adapter inputs and their masks). With activation checkpointing each layer keeps only its input (hidden x b per
 token) and one layer is recomputed at a time. The frozen teacher forward keeps its hidden states of every layer
 (the runner asks for ``output_hidden_states``) while it runs: (layers + 1) x teacher tokens x hidden x b, and
-gathers its weights module by module. The fused KL works in row chunks of ``FUSED_CHUNK_BYTES``; without it,
-the [answer tokens, vocab] logits of both models and nine fp32 buffers of that size are held. Optimiser step: DeepSpeed converts a
+gathers its weights module by module. The fused KL works in row chunks sized by ``FUSED_CHUNK_BYTES`` (three
+[chunk, vocab] buffers in the model dtype: the compiled row function reads the GEMMs' logits as they are); without
+it, the [answer tokens, vocab] logits of both models and nine fp32 buffers of that size are held. Optimiser step: DeepSpeed converts a
 sub-group (``sub_group_size``) of the gradient partition to fp32 and AdamW's temporaries are of the same size:
 12 bytes per element.
 
@@ -63,7 +64,9 @@ ACTIVATION_COEFFICIENTS: dict[str, dict[str, tuple[float, float]]] = {
                  "qwen2_5_vl_vision": (15.0, 4.0)},
 }
 ACTIVATION_COEFFICIENTS["float16"] = ACTIVATION_COEFFICIENTS["bfloat16"]
-FUSED_CHUNK_BYTES = 128 * 2**20  # losses.fused_kl.DEFAULT_CHUNK_BYTES (accelerators): one [chunk, V] fp32 buffer, three alive
+# losses.fused_kl.DEFAULT_CHUNK_BYTES (accelerators): the chunk's rows are sized for one [chunk, V] fp32 buffer of this
+# many bytes; three [chunk, V] buffers in the model dtype are alive (two of logits, the gradient).
+FUSED_CHUNK_BYTES = 128 * 2**20
 REDUCE_BUCKET_ELEMENTS = 50_000_000  # ds_configs: reduce_bucket_size
 MAX_LIVE_ELEMENTS = 1_000_000_000  # ds_configs: stage3_max_live_parameters
 SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size: the optimiser steps this many at a time
@@ -301,7 +304,7 @@ def activation_bytes(arch: Architecture, shape: RunShape) -> dict[str, float]:
     teacher = (arch.num_layers + 1) * teacher_tokens * arch.hidden_size * b
     answer = rows * shape.answer_tokens
     if shape.fused_kl:
-        loss = 3 * min(FUSED_CHUNK_BYTES, answer * arch.vocab_size * 4)
+        loss = 3 * min(FUSED_CHUNK_BYTES, answer * arch.vocab_size * 4) // 4 * b
     else:  # both models' logits in the model dtype, then nine fp32 [answer, vocab] buffers: the scaled logits and
         # log-softmaxes of both, the elementwise KL, and in backward the gradients of log-softmax and logits
         loss = answer * arch.vocab_size * (2 * b + 9 * 4)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vgid_dist.losses import fused_kl as fused_kl_module
+from vgid_dist.losses import row_math
 from vgid_dist.losses.cpu_kernel import row_kernel
 from vgid_dist.losses.fused_kl import _FusedLinearKL, default_chunk_rows, fused_linear_kl
 
@@ -44,13 +46,26 @@ def cpu_gemm(request, monkeypatch):
     return request.param
 
 
-def make_inputs(n=N, h=H, v=V, dtype=torch.float32, seed=0, weight_grad=True):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.fixture
+def compiled_rows_path(monkeypatch):
+    """The accelerators' row path (the torch.compile'd row function), also on CPU; fails loudly instead of
+    falling back, so a test cannot pass on the eager path by accident."""
+    monkeypatch.setenv(row_math.ENV_COMPILE, "1")
+    monkeypatch.setitem(row_math._state, "failed", False)
+    yield
+    assert not row_math._state["failed"], "the compiled row function fell back to eager"
+
+
+def make_inputs(n=N, h=H, v=V, dtype=torch.float32, seed=0, weight_grad=True, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     hs = torch.randn(n, h, generator=g)
     ws = torch.randn(v, h, generator=g) / h**0.5 * 2
     ht = hs + 0.5 * torch.randn(n, h, generator=g)
     wt = ws + 0.5 * torch.randn(v, h, generator=g) / h**0.5
-    hs, ws, ht, wt = (x.to(dtype) for x in (hs, ws, ht, wt))
+    hs, ws, ht, wt = (x.to(device=device, dtype=dtype) for x in (hs, ws, ht, wt))
     hs.requires_grad_(True)
     ws.requires_grad_(weight_grad)
     return hs, ws, ht, wt
@@ -166,6 +181,71 @@ def test_low_precision_gemm_path(dtype):
     ws = ws.detach()
     shared = lp(hs, ws, ht, ws, shared=True)
     torch.testing.assert_close(shared, naive(hs, ws, ht, ws, temperature=2.0), rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_row_function_matches_naive(device, compiled_rows_path):
+    """fp32 GEMMs, temperature, a shorter last chunk (37 = 7 x 5 + 2 rows: the row count is dynamic), per-row
+    weights and a trainable head, through the torch.compile'd row function (CPU: inductor's C++ code)."""
+    inputs = make_inputs(device=device)
+    loss, _, _ = assert_matches_naive(*inputs, temperature=0.7, chunk_size=5)
+    assert loss > 0.05
+    assert row_math._state["fn"] is not None
+    weights = torch.linspace(-0.5, 1.5, N, device=device)
+    ours = loss_and_grads(lambda *a: (fused_linear_kl(*a, chunk_size=5, reduction="none") * weights).sum(), *inputs)
+    ref = loss_and_grads(lambda *a: (naive(*a, reduction="none") * weights).sum(), *inputs)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, **FP32_SUM_TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiled_row_function_low_precision_gemm(device, compiled_rows_path):
+    """The accelerator path proper: bf16 head and GEMMs, bf16 logits read by the compiled function, fp32
+    softmax/KL inside it, bf16 gradient out."""
+    hs, ws, ht, wt = make_inputs(dtype=torch.bfloat16, device=device)
+
+    def lp(hs, ws, ht, wt):
+        return _FusedLinearKL.apply(hs, ws, ht, wt, 2.0, 5, "mean", True, False, True)
+
+    ref = loss_and_grads(naive, hs, ws, ht, wt, temperature=2.0)
+    ours = loss_and_grads(lp, hs, ws, ht, wt)
+    torch.testing.assert_close(ours[0], ref[0], rtol=2e-2, atol=1e-3)
+    for a, b in zip(ours[1:], ref[1:]):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_failed_compilation_warns_once_and_falls_back_to_eager(device, monkeypatch):
+    monkeypatch.setenv(row_math.ENV_COMPILE, "1")
+    monkeypatch.setitem(row_math._state, "failed", False)
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("no working compiler")
+
+    monkeypatch.setitem(row_math._state, "fn", broken)
+    inputs = make_inputs(device=device)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the row function failed.*no working compiler"):
+        assert_matches_naive(*inputs, temperature=0.7, chunk_size=5)
+    assert row_math._state["failed"] and len(calls) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_matches_naive(*inputs, chunk_size=5)  # eager from now on, silently
+    assert len(calls) == 1
+
+
+def test_row_path_switch(monkeypatch):
+    monkeypatch.setitem(row_math._state, "failed", False)
+    monkeypatch.delenv(row_math.ENV_COMPILE, raising=False)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not row_math.use_compiled_rows(cpu) and row_math.use_compiled_rows(gpu)
+    monkeypatch.setenv(row_math.ENV_COMPILE, "0")
+    assert not row_math.use_compiled_rows(cpu) and not row_math.use_compiled_rows(gpu)
+    monkeypatch.setenv(row_math.ENV_COMPILE, "1")
+    assert row_math.use_compiled_rows(cpu)
+    assert fused_kl_module.default_chunk_bytes("cpu") == fused_kl_module.DEFAULT_CHUNK_BYTES
 
 
 @pytest.mark.parametrize("weight_grad", [False, True])

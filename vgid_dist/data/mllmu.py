@@ -6,8 +6,8 @@ Layout (see README): ``Full_Set/``, ``ft_Data/``, ``forget_{5,10,15}/``, ``retai
 ``{"Question", "Answer"}``. An entry may carry ``"Type": "Pure_Text"``, meaning the pair is asked without the
 image (an extension the synthetic benchmark uses; absent in the real download, where every pair has its image).
 
-Rows are read with ``datasets`` from parquet, images kept as encoded bytes. Nested structs may arrive as
-dicts/lists (datasets) or numpy arrays (pandas); both are accepted.
+Rows are read from parquet with pyarrow, images kept as encoded bytes. Nested structs may arrive as
+dicts/lists (pyarrow) or numpy arrays (pandas); both are accepted.
 """
 
 from __future__ import annotations
@@ -58,44 +58,23 @@ def parquet_files(folder: Path) -> list[Path]:
 
 
 def read_rows(folder: Path, required: Iterable[str]) -> list[tuple[Path, dict]]:
-    """All rows of the folder's parquet files as plain dicts, images undecoded; (file, row) pairs."""
-    import datasets
+    """All rows of the folder's parquet files as plain dicts, images undecoded; (file, row) pairs.
 
-    datasets.disable_progress_bars()
+    Read with pyarrow alone: an image column (``datasets.Image`` in the download's schema) is a
+    ``{"bytes", "path"}`` struct in the file and arrives as that dict, which ``image_ref`` takes."""
     import pyarrow.parquet as pq
 
     rows: list[tuple[Path, dict]] = []
     for file in parquet_files(folder):
         try:
-            schema = pq.read_schema(file)
-            if pq.ParquetFile(file).metadata.num_rows == 0:
-                missing = [c for c in required if c not in schema.names]
-                if missing:
-                    raise DataError(f"{file}: missing column(s) {missing}; found {schema.names}")
-                continue  # an empty file holds no rows (datasets cannot build a split from it)
+            table = pq.read_table(file)
         except (OSError, ValueError) as exc:
-            if isinstance(exc, DataError):
-                raise
             raise DataError(f"{file}: not a readable parquet file ({exc})") from None
-        ds = datasets.Dataset.from_parquet(str(file), keep_in_memory=True)
-        missing = [c for c in required if c not in ds.column_names]
+        missing = [c for c in required if c not in table.column_names]
         if missing:
-            raise DataError(f"{file}: missing column(s) {missing}; found {ds.column_names}")
-        ds = ds.cast(datasets.Features({k: _undecoded(v) for k, v in ds.features.items()}))
-        rows.extend((file, plain(row)) for row in ds)
+            raise DataError(f"{file}: missing column(s) {missing}; found {table.column_names}")
+        rows.extend((file, plain(row)) for row in table.to_pylist())
     return rows
-
-
-def _undecoded(feature: Any) -> Any:
-    import datasets
-
-    if isinstance(feature, datasets.Image):
-        return datasets.Image(decode=False)
-    if isinstance(feature, datasets.List):
-        return datasets.List(_undecoded(feature.feature))
-    if isinstance(feature, dict):
-        return {k: _undecoded(v) for k, v in feature.items()}
-    return feature
 
 
 def image_ref(value: Any, where: str, base: Path | None = None) -> ImageRef:

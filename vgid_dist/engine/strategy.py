@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from vgid_dist.config import RunConfig, resolve_ds_config
 from vgid_dist.errors import ConfigError
+from vgid_dist.threads import size_torch_threads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,16 +38,65 @@ def _free_port() -> int:
 def ensure_launch_env() -> None:
     """Single-process runs (plain ``python launch/train.py``, ``vgid demo``) get rank/world/master defaults;
     under deepspeed, torchrun or Slurm+submitit these are already set."""
-    if "OMP_NUM_THREADS" not in os.environ and not torch.cuda.is_available():
-        # CPU ranks on one machine share its cores; more threads than cores makes every op wait on the others.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    # Ranks on one machine share its cores (and a Slurm task its allocation); more threads than cores makes
+    # every op wait on the others.
+    size_torch_threads()
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def resolve_attention(choice: str, on_gpu: bool) -> str:
+    """``auto``: flash-attention-2 where it is installed and the model runs on CUDA, else SDPA; any other choice
+    as given."""
+    if choice != "auto":
+        return choice
+    if on_gpu:
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+class SingleProcessInference:
+    """Evaluation in one process: the plain model on this machine's device, no process group and no DeepSpeed
+    (importing it and starting a group take seconds before the first question). The members the evaluator uses
+    of ``DeepSpeedStrategy``."""
+
+    rank, world_size, is_main, zero_stage, synced_generation = 0, 1, True, 0, False
+
+    def __init__(self, *, dtype: str, attention: str = "auto"):
+        self.dtype = DTYPES[dtype]
+        self.attention = attention
+        self.on_gpu = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
+        size_torch_threads()
+
+    def attention_impl(self) -> str:
+        return resolve_attention(self.attention, self.on_gpu)
+
+    @staticmethod
+    def gather_objects(obj: Any) -> list[Any]:
+        return [obj]
+
+    def close(self) -> None:
+        pass
+
+
+def inference_strategy(*, dtype: str, attention: str = "auto"):
+    """``SingleProcessInference`` when this process is the whole job (no launcher, or a group of one); else the
+    ranks' ZeRO-3 inference engine (``DeepSpeedStrategy.for_inference``)."""
+    alone = int(os.environ.get("WORLD_SIZE", "1")) <= 1 and (not dist.is_initialized() or dist.get_world_size() == 1)
+    if alone:
+        return SingleProcessInference(dtype=dtype, attention=attention)
+    _, world = DeepSpeedStrategy.init_process_group()
+    return DeepSpeedStrategy.for_inference(dtype=dtype, attention=attention, zero_stage=3 if world > 1 else 0)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -137,17 +187,7 @@ class DeepSpeedStrategy:
 
     # -- engines --------------------------------------------------------------------------------------------------
     def attention_impl(self) -> str:
-        choice = self.attention
-        if choice != "auto":
-            return choice
-        if self.on_gpu:
-            try:
-                import flash_attn  # noqa: F401
-
-                return "flash_attention_2"
-            except ImportError:
-                pass
-        return "sdpa"
+        return resolve_attention(self.attention, self.on_gpu)
 
     def build_student(self, model: torch.nn.Module, total_steps: int):
         import deepspeed

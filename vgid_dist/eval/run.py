@@ -145,7 +145,7 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
     """Evaluate a model folder. One process: the plain model. Several ranks: a ZeRO-3 inference engine, work
     sharded across ranks and gathered on rank 0. ``profiles``: only these profiles' questions."""
     from vgid_dist.engine.runner import make_generate_fn
-    from vgid_dist.engine.strategy import DeepSpeedStrategy
+    from vgid_dist.engine.strategy import inference_strategy
     from vgid_dist.models import load_adapter
 
     adapter = load_adapter(model_path)
@@ -153,8 +153,8 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
     items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.protocol)  # fails early on a missing split
     if profiles is not None:
         items = [it for it in items if it.profile_id in profiles]
-    _, world = DeepSpeedStrategy.init_process_group()
-    strategy = DeepSpeedStrategy.for_inference(dtype=dtype, attention=attention, zero_stage=3 if world > 1 else 0)
+    strategy = inference_strategy(dtype=dtype, attention=attention)  # one process: no DeepSpeed, no group
+    world = strategy.world_size
     try:
         model = adapter.load_model(strategy.dtype, strategy.attention_impl())
         module = strategy.build_frozen(model).module if world > 1 else model.to(strategy.device).eval()

@@ -11,8 +11,10 @@ grow with N: two [chunk, V] fp32 logit buffers (student, teacher) plus the [V, H
 On CPU the elementwise work of a chunk (row max, exp, normalisers, KL, softmax difference) runs in a
 small C++ kernel (``kl_rows.cpp``, built on first use by ``cpu_kernel.py``) that reads each row from memory
 once; where it cannot be built, the same maths runs as about ten eager torch passes over the chunk and a
-third [chunk, V] buffer. Either way the four GEMMs (student and teacher logits, grad_h, grad_W), all in
-torch, take most of the time.
+third [chunk, V] buffer. On accelerators the same work is one ``torch.compile``d function (``row_math.py``):
+inductor fuses it into a few kernels that read the logits in the GEMM dtype, so a bf16 head needs no fp32
+copy of the chunk (eager torch, with the fp32 buffers, where compilation fails). Either way the four GEMMs
+(student and teacher logits, grad_h, grad_W), all in torch, take most of the time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from vgid_dist.losses.cpu_kernel import row_kernel
+from vgid_dist.losses.row_math import CompiledRowsFailed, compiled_rows, eager_rows, use_compiled_rows
 
 __all__ = ["CPU_KERNEL_CHUNK_BYTES", "DEFAULT_CHUNK_BYTES", "default_chunk_bytes", "default_chunk_rows",
            "fused_linear_kl"]
@@ -67,8 +70,11 @@ def default_chunk_rows(num_rows: int, vocab_size: int, chunk_bytes: int = DEFAUL
 
 
 def _row_kernel_for(device: torch.device, low_precision_gemm: bool):
-    """The CPU row kernel if this call uses it (fp32 GEMMs on CPU and the kernel available), else None."""
-    return row_kernel() if device.type == "cpu" and not low_precision_gemm else None
+    """The CPU row kernel if this call uses it (fp32 GEMMs on CPU, the kernel available and the compiled row
+    function not chosen instead), else None."""
+    if device.type != "cpu" or low_precision_gemm or use_compiled_rows(device):
+        return None
+    return row_kernel()
 
 
 def default_chunk_bytes(device: torch.device | str, low_precision_gemm: bool = False) -> int:
@@ -102,67 +108,112 @@ def _onednn_linear():
     return _onednn_probe[0]
 
 
-def _eager_rows(s, t, e, both, kl_out, need_grads):
-    """Pure-torch version of the row kernel, for [c, V] fp32 logits s, t (in place) and an exp buffer e.
-
-    Writes the per-row KL into ``kl_out`` (if given) and returns ``(g, z_s)``, where
-    ``g = softmax(s) - p_t`` scaled by ``z_s`` (the row normaliser of the student), i.e. the caller divides
-    by ``z_s``, which is cheaper on the [c, H] side. ``both`` is the [2c, V] view of s and t when they are
-    adjacent in one buffer (one max-subtraction over both), else None.
-    """
-    # Shift by the row max so exp() cannot overflow; s', t' below are the shifted logits.
-    if both is None:
-        s.sub_(s.amax(dim=1, keepdim=True))
-        t.sub_(t.amax(dim=1, keepdim=True))
-    else:
-        both.sub_(both.amax(dim=1, keepdim=True))
-    torch.exp(s, out=e)
-    z_s = e.sum(dim=1)
-    # s <- t' - s'. log p_t - log p_s = (t' - s') - log z_t + log z_s, so the KL needs only this
-    # difference and the two normalisers, never log-softmax matrices.
-    torch.sub(t, s, out=s)
-    t.exp_()
-    z_t = t.sum(dim=1)
-    if kl_out is not None:
-        # sum_v exp(t'_v) (t'_v - s'_v), formed in place (t' - s' is not needed afterwards). Not bmm: its
-        # sequential fp32 accumulation over V = 150k loses ~1e-4 relative, torch.sum's cascade does not.
-        # Where exp(t') underflows to 0 the term is exactly 0 (t' - s' is finite): no 0 * log 0 NaN.
-        dot = s.mul_(t).sum(dim=1)
-        kl_out.copy_(dot / z_t + torch.log(z_s / z_t))
-    if not need_grads:
-        return None, z_s
-    # dKL/ds' = softmax(s') - p_t = (e - t * z_s / z_t) / z_s. Only the bracket is formed in place (one
-    # pass over [c, V]).
-    e.addcmul_(t, (z_s / z_t).neg_().unsqueeze(1))
-    return e, z_s
-
-
-def _kl_chunks(
-    h_s: torch.Tensor,
-    w_s: torch.Tensor,
-    h_t: torch.Tensor,
-    w_t: torch.Tensor,
-    *,
-    shared_weight: bool,
-    inv_temp: float,
-    chunk_rows: int | None,
-    row_scale: float | torch.Tensor,
-    need_grad_h: bool,
-    need_grad_w: bool,
-    want_loss: bool,
-    low_precision_gemm: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+def _kl_chunks(h_s, w_s, h_t, w_t, **opts) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Per-row KL [N] (fp32) and, if asked, grads of ``sum_i row_scale_i * KL_i`` w.r.t. h_s and w_s.
 
-    ``chunk_rows`` None: the default chunk for this device and path (``default_chunk_bytes``)."""
+    Chooses the row path (the compiled row function on accelerators, the CPU row kernel, or eager torch) and
+    runs ``_chunk_loop``; if the compiled function cannot be built here, the call is redone eagerly (the loop
+    writes nothing but its own fresh outputs)."""
     if h_s.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(h_s.device.type):
         # The dtypes below are chosen on purpose (fp32 softmax, fp32 GEMMs on CPU); an enclosing autocast
         # region would silently turn the fp32 GEMMs into bf16 ones.
         with torch.autocast(h_s.device.type, enabled=False):
-            return _kl_chunks(h_s, w_s, h_t, w_t, shared_weight=shared_weight, inv_temp=inv_temp,
-                              chunk_rows=chunk_rows, row_scale=row_scale, need_grad_h=need_grad_h,
-                              need_grad_w=need_grad_w, want_loss=want_loss,
-                              low_precision_gemm=low_precision_gemm)
+            return _kl_chunks(h_s, w_s, h_t, w_t, **opts)
+    if use_compiled_rows(h_s.device):
+        try:
+            return _chunk_loop(h_s, w_s, h_t, w_t, rows_path="compiled", **opts)
+        except CompiledRowsFailed:
+            pass  # warned once; use_compiled_rows() is False from now on
+    kernel = _row_kernel_for(h_s.device, opts["low_precision_gemm"])
+    return _chunk_loop(h_s, w_s, h_t, w_t, rows_path="eager" if kernel is None else "kernel", kernel=kernel,
+                       **opts)
+
+
+def _chunk_logits(hs, ht, ws, wt, both, s, t, *, shared_weight, inv_temp, linear, low_precision_gemm,
+                  rows_path):
+    """The [c, V] student and teacher logits of one chunk, written into the views ``both``/``s``/``t`` of the
+    logits buffer (or returned fresh by oneDNN). Returns ``(both, s, t)``.
+
+    Temperature: with fp32 GEMMs the [c, H] inputs are scaled (H/V of the work of scaling logits); the eager
+    low-precision path scales its fp32 logits copy; the compiled path scales inside the row function."""
+    if low_precision_gemm and rows_path != "compiled":
+        # Eager path: the low-precision GEMM outputs are copied into the fp32 buffer and scaled there.
+        if shared_weight:
+            both.copy_(torch.mm(torch.cat([hs, ht]), ws.t()))
+        else:
+            s.copy_(torch.mm(hs, ws.t()))
+            t.copy_(torch.mm(ht, wt.t()))
+        if inv_temp != 1.0:
+            both.mul_(inv_temp)
+        return both, s, t
+    if not low_precision_gemm and inv_temp != 1.0:
+        hs, ht = hs * inv_temp, ht * inv_temp
+    if linear is not None:
+        if shared_weight:
+            both = linear(torch.cat([hs, ht]), ws)
+            return both, both[: hs.shape[0]], both[hs.shape[0]:]
+        return None, linear(hs, ws), linear(ht, wt)
+    # Into the logits buffer, in the GEMM dtype (the compiled path's low-precision logits need no fp32 copy).
+    if shared_weight:
+        torch.mm(torch.cat([hs, ht]), ws.t(), out=both)
+    else:
+        torch.mm(hs, ws.t(), out=s)
+        torch.mm(ht, wt.t(), out=t)
+    return both, s, t
+
+
+def _push_through_head(g, coef, h_chunk, ws, grad_h_out, grad_w, *, first: bool) -> None:
+    """Chunk gradients through the head: ``grad_h_out = (g @ W) * coef`` and ``grad_w (+)= g.T @ (h * coef)``.
+
+    g: [c, V] logit gradient in the GEMM dtype; coef: [c, 1] fp32; grad_w: the fp32 [V, H] accumulator
+    (written by the first chunk, accumulated after) or None."""
+    if grad_h_out is not None:
+        grad_h_out.copy_(torch.mm(g, ws).to(torch.float32).mul_(coef))
+    if grad_w is None:
+        return
+    hs_scaled = h_chunk.to(torch.float32) * coef
+    if g.dtype != torch.float32:
+        part = torch.mm(g.t(), hs_scaled.to(g.dtype))
+        if first:
+            grad_w.copy_(part)
+        else:
+            grad_w.add_(part)
+    elif first:
+        torch.mm(g.t(), hs_scaled, out=grad_w)
+    else:
+        grad_w.addmm_(g.t(), hs_scaled)
+
+
+def _chunk_rows(rows_path, s, t, both, kl_out, need_grads, *, kernel, kl_rows, exp_buf, inv_temp,
+                low_precision_gemm, gemm_dtype):
+    """The row work of one chunk on ``rows_path``: writes the chunk's per-row KL into ``kl_out`` (if given) and
+    returns ``(g, z_s)``, the [c, V] logit gradient and, where g is not yet normalised (eager fp32 path), the
+    student's row normalisers it must be divided by (else None)."""
+    c, v = s.shape
+    if rows_path == "kernel":
+        # One fused pass per row (max, exp, normalisers, KL, softmax_s - p_t), in place in s.
+        kernel(s, t, kl_rows[:c], need_grads)
+        if kl_out is not None:
+            kl_out.copy_(kl_rows[:c])
+        return s, None
+    if rows_path == "compiled":
+        chunk_kl, g = compiled_rows(s, t, inv_temp if low_precision_gemm else 1.0, need_grads, gemm_dtype)
+        if kl_out is not None:
+            kl_out.copy_(chunk_kl)
+        return g, None
+    g, z_s = eager_rows(s, t, exp_buf[: c * v].view(c, v), both, kl_out, need_grads)
+    if need_grads and low_precision_gemm:
+        # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range, while
+        # softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H] side.
+        return g.mul_(z_s.reciprocal().unsqueeze(1)).to(gemm_dtype), None
+    return g, z_s
+
+
+def _chunk_loop(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor, *, shared_weight: bool,
+                inv_temp: float, chunk_rows: int | None, row_scale: float | torch.Tensor, need_grad_h: bool,
+                need_grad_w: bool, want_loss: bool, low_precision_gemm: bool, rows_path: str, kernel=None) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``_kl_chunks`` on one row path: ``"kernel"`` (``kernel``, the CPU row kernel), ``"compiled"`` or
+    ``"eager"``. ``chunk_rows`` None: the default chunk for this device and path (``default_chunk_bytes``)."""
     n, v = h_s.shape[0], w_s.shape[0]
     device = h_s.device
     f32 = torch.float32
@@ -179,19 +230,21 @@ def _kl_chunks(
         wt = ws if shared_weight else w_t.to(f32)
 
     linear = _onednn_linear() if device.type == "cpu" and not low_precision_gemm else None
-    kernel = _row_kernel_for(device, low_precision_gemm)
     if chunk_rows is None:
-        rows = default_chunk_rows(n, v, default_chunk_bytes(device, low_precision_gemm))
+        budget = CPU_KERNEL_CHUNK_BYTES if rows_path == "kernel" else DEFAULT_CHUNK_BYTES
+        rows = default_chunk_rows(n, v, budget)
     else:
         rows = max(1, min(chunk_rows, n))
     # Logits of the student (first c rows) and teacher (next c rows) share one flat buffer, so the shared
     # weight case is a single GEMM and the max-subtraction is one op over both; the last, shorter chunk
     # takes a prefix of the same storage instead of reallocating. (oneDNN has no out=: it returns fresh
     # logit tensors instead, freed before the next chunk's are made.) The row kernel works in place in the
-    # logits; the eager path needs a third buffer for the exponentials.
-    logits_buf = None if linear is not None else torch.empty(2 * rows * v, dtype=f32, device=device)
-    exp_buf = None if kernel is not None else torch.empty(rows * v, dtype=f32, device=device)
-    kl_rows = torch.empty(rows, dtype=torch.float64) if kernel is not None else None  # kernel's KL output
+    # logits; the eager path needs a third buffer for the exponentials; the compiled path reads the logits in
+    # the GEMM dtype and returns a fresh gradient chunk.
+    logit_dtype = gemm_dtype if rows_path == "compiled" else f32
+    logits_buf = None if linear is not None else torch.empty(2 * rows * v, dtype=logit_dtype, device=device)
+    exp_buf = torch.empty(rows * v, dtype=f32, device=device) if rows_path == "eager" else None
+    kl_rows = torch.empty(rows, dtype=torch.float64) if rows_path == "kernel" else None  # kernel's KL output
 
     kl = torch.empty(n, dtype=f32, device=device) if want_loss else None
     grad_h = torch.empty_like(h_s) if need_grad_h else None
@@ -205,78 +258,24 @@ def _kl_chunks(
         end = min(start + rows, n)
         c = end - start
         # Release the previous chunk's logits before this chunk's are allocated (oneDNN path): 2 alive, not 4.
-        both = s = t = None
+        both = s = t = g = None
         if logits_buf is not None:
             both = logits_buf[: 2 * c * v].view(2 * c, v)
             s, t = both[:c], both[c:]
-
-        hs = h_s[start:end].to(gemm_dtype)
-        ht = h_t[start:end].to(wt.dtype)
-        if low_precision_gemm:
-            if shared_weight:
-                both.copy_(torch.mm(torch.cat([hs, ht]), ws.t()))
-            else:
-                s.copy_(torch.mm(hs, ws.t()))
-                t.copy_(torch.mm(ht, wt.t()))
-            if inv_temp != 1.0:
-                both.mul_(inv_temp)
-        else:
-            if inv_temp != 1.0:
-                # Scaling the [c, H] inputs is the same as scaling the [c, V] logits, at H/V of the cost.
-                hs_in, ht_in = hs * inv_temp, ht * inv_temp
-            else:
-                hs_in, ht_in = hs, ht
-            if linear is not None:
-                if shared_weight:
-                    both = linear(torch.cat([hs_in, ht_in]), ws)
-                    s, t = both[:c], both[c:]
-                else:
-                    both, s, t = None, linear(hs_in, ws), linear(ht_in, wt)
-            elif shared_weight:
-                torch.mm(torch.cat([hs_in, ht_in]), ws.t(), out=both)
-            else:
-                torch.mm(hs_in, ws.t(), out=s)
-                torch.mm(ht_in, wt.t(), out=t)
-
-        if kernel is not None:
-            # One fused pass per row (max, exp, normalisers, KL, softmax_s - p_t), in place in s.
-            kernel(s, t, kl_rows[:c], need_grads)
-            if want_loss:
-                kl[start:end] = kl_rows[:c]
-            if not need_grads:
-                continue
-            g, z_s = s, None  # already normalised
-        else:
-            e = exp_buf[: c * v].view(c, v)
-            g, z_s = _eager_rows(s, t, e, both, kl[start:end] if want_loss else None, need_grads)
-            if not need_grads:
-                continue
-            if low_precision_gemm:
-                # Normalise before the cast: the bracket can reach z_s / z_t (up to V), beyond fp16 range,
-                # while softmax_s - p_t lies in [-1, 1]. The remaining factor stays in fp32 on the [c, H]
-                # side.
-                g, z_s = g.mul_(z_s.reciprocal().unsqueeze(1)).to(gemm_dtype), None
-        # The reduction scale, 1 / T and (eager fp32 path) 1 / z_s are applied to the [c, H] operands of the
-        # two GEMMs below rather than to g: H/V of the work.
-        coef = (row_scale[start:end] if per_row_scale else torch.full((c,), row_scale, dtype=f32,
-                                                                       device=device)) * inv_temp
-        if z_s is not None:
-            coef = coef / z_s
-        coef = coef.unsqueeze(1)
-        if need_grad_h:
-            grad_h[start:end] = torch.mm(g, ws).to(f32).mul_(coef)
-        if need_grad_w:
-            hs_scaled = h_s[start:end].to(f32) * coef
-            if low_precision_gemm:
-                part = torch.mm(g.t(), hs_scaled.to(gemm_dtype))
-                if start == 0:
-                    grad_w.copy_(part)
-                else:
-                    grad_w.add_(part)
-            elif start == 0:
-                torch.mm(g.t(), hs_scaled, out=grad_w)
-            else:
-                grad_w.addmm_(g.t(), hs_scaled)
+        both, s, t = _chunk_logits(h_s[start:end].to(gemm_dtype), h_t[start:end].to(wt.dtype), ws, wt, both, s, t,
+                                   shared_weight=shared_weight, inv_temp=inv_temp, linear=linear,
+                                   low_precision_gemm=low_precision_gemm, rows_path=rows_path)
+        g, z_s = _chunk_rows(rows_path, s, t, both, kl[start:end] if want_loss else None, need_grads,
+                             kernel=kernel, kl_rows=kl_rows, exp_buf=exp_buf, inv_temp=inv_temp,
+                             low_precision_gemm=low_precision_gemm, gemm_dtype=gemm_dtype)
+        if need_grads:
+            # The reduction scale, 1 / T and (eager fp32 path) 1 / z_s are applied to the [c, H] operands of
+            # the two GEMMs rather than to g: H/V of the work.
+            coef = (row_scale[start:end] if per_row_scale else torch.full((c,), row_scale, dtype=f32,
+                                                                           device=device)) * inv_temp
+            coef = (coef if z_s is None else coef / z_s).unsqueeze(1)
+            _push_through_head(g, coef, h_s[start:end], ws, grad_h[start:end] if need_grad_h else None, grad_w,
+                               first=start == 0)
 
     if grad_w is not None and n == 0:
         grad_w.zero_()
@@ -362,6 +361,34 @@ def _liger_kl(h_s, w_s, h_t, w_t, temperature, chunk_size, reduction):
     return loss * n if reduction == "sum" else loss
 
 
+def _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, *, temperature, chunk_size,
+                  reduction, backend) -> None:
+    """Shapes, dtypes and options of ``fused_linear_kl``, checked before any GEMM."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for name, x in (("student_hidden", student_hidden), ("student_weight", student_weight),
+                    ("teacher_hidden", teacher_hidden), ("teacher_weight", teacher_weight)):
+        if x.dim() != 2 or not x.is_floating_point():
+            raise ValueError(f"{name} must be a 2-D float tensor, got {tuple(x.shape)} {x.dtype}")
+    n, v = student_hidden.shape[0], student_weight.shape[0]
+    if teacher_hidden.shape[0] != n:
+        raise ValueError(f"student_hidden has {n} rows but teacher_hidden has {teacher_hidden.shape[0]}")
+    if teacher_weight.shape[0] != v:
+        raise ValueError(f"student vocabulary {v} != teacher vocabulary {teacher_weight.shape[0]}")
+    if student_hidden.shape[1] != student_weight.shape[1]:
+        raise ValueError(f"student_hidden {tuple(student_hidden.shape)} does not match student_weight "
+                         f"{tuple(student_weight.shape)}")
+    if teacher_hidden.shape[1] != teacher_weight.shape[1]:
+        raise ValueError(f"teacher_hidden {tuple(teacher_hidden.shape)} does not match teacher_weight "
+                         f"{tuple(teacher_weight.shape)}")
+
+
 def fused_linear_kl(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
@@ -403,35 +430,14 @@ def fused_linear_kl(
     (low-precision heads are upcast once per call); on accelerators bf16/fp16 heads keep their dtype for
     the GEMMs. Grads come back in the dtypes of student_hidden / student_weight.
 
-    Memory: two [chunk, V] fp32 buffers (three where the CPU row kernel is unavailable, and on
-    accelerators) plus, when the head is trainable, one [V, H] fp32 grad buffer.
+    Memory: two [chunk, V] fp32 buffers where the CPU row kernel runs; on accelerators three [chunk, V]
+    buffers in the GEMM dtype (two of logits, the gradient); three fp32 ones on the eager path. Plus, when the
+    head is trainable, one [V, H] fp32 grad buffer.
     Backward reuses the grads computed in forward, so a second backward through the same call (retain_graph)
     raises, except for reduction="none" with a trainable head, which recomputes.
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for name, x in (("student_hidden", student_hidden), ("student_weight", student_weight),
-                    ("teacher_hidden", teacher_hidden), ("teacher_weight", teacher_weight)):
-        if x.dim() != 2 or not x.is_floating_point():
-            raise ValueError(f"{name} must be a 2-D float tensor, got {tuple(x.shape)} {x.dtype}")
-    n, v = student_hidden.shape[0], student_weight.shape[0]
-    if teacher_hidden.shape[0] != n:
-        raise ValueError(f"student_hidden has {n} rows but teacher_hidden has {teacher_hidden.shape[0]}")
-    if teacher_weight.shape[0] != v:
-        raise ValueError(f"student vocabulary {v} != teacher vocabulary {teacher_weight.shape[0]}")
-    if student_hidden.shape[1] != student_weight.shape[1]:
-        raise ValueError(f"student_hidden {tuple(student_hidden.shape)} does not match student_weight "
-                         f"{tuple(student_weight.shape)}")
-    if teacher_hidden.shape[1] != teacher_weight.shape[1]:
-        raise ValueError(f"teacher_hidden {tuple(teacher_hidden.shape)} does not match teacher_weight "
-                         f"{tuple(teacher_weight.shape)}")
-
+    _check_inputs(student_hidden, student_weight, teacher_hidden, teacher_weight, temperature=temperature,
+                  chunk_size=chunk_size, reduction=reduction, backend=backend)
     if backend == "liger":
         return _liger_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, temperature,
                          chunk_size, reduction)
