@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
-from vgid_dist.errors import ConfigError, PlanError, VgidError
+from vgid_dist.errors import PlanError, VgidError
 from vgid_dist.threads import prefer_sleeping_threads
 from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PROTOCOLS, SPLITS
 
@@ -74,30 +74,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_steer_build(args) -> int:
-    import yaml
-    from pydantic import ValidationError
+    from vgid_dist.eval.steering import build_steering_file, steering_params
 
-    from vgid_dist.config.method_params import MllmEraserParams
-    from vgid_dist.eval.steering import build_steering_file
-
-    if args.config:
-        from vgid_dist.config import load_run_config
-
-        params = load_run_config(args.config).method.params()
-        if not isinstance(params, MllmEraserParams):
-            raise ConfigError(f"--config {args.config}: its method is not mllmeraser")
-        given = params.model_dump()
-    else:
-        given = {}
-    for text in args.params:
-        key, sep, value = text.partition("=")
-        if not sep:
-            raise ConfigError(f"{text!r}: expected key=value (a parameter of method mllmeraser, e.g. scale=2)")
-        given[key.strip().removeprefix("method.")] = yaml.safe_load(value)  # as in training overrides
-    try:
-        params = MllmEraserParams(**given)
-    except ValidationError as exc:
-        raise ConfigError(f"mllmeraser parameters: {exc}") from None
+    params = steering_params(args.config, args.params)
     steering = build_steering_file(args.model, args.data, args.forget_ratio, args.out, params, seed=args.seed,
                                    batch_size=args.batch_size, dtype=args.dtype)
     info = steering.info

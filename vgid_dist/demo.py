@@ -74,14 +74,13 @@ def run_demo(out: Path, methods: list[str], *, family: str = "llava", force: boo
         recipe, overrides = method_recipe(method)
         if method == "mllmeraser":
             # Training-free steering of the base model: directions and gate from the training pairs.
-            from vgid_dist.eval.steering import build_steering_file
+            from vgid_dist.eval.steering import build_steering_file, steering_params
 
             steer = out / "runs" / method / "steer.safetensors"
             redo = force or not steer.is_file()
             if redo:
                 print(f"[demo] building the {method} steering file (recipe {recipe})", flush=True)
-                build_steering_file(str(vanilla), str(data), FORGET_RATIO, steer,
-                                    load_run_config(recipe, overrides).method.params())
+                build_steering_file(str(vanilla), str(data), FORGET_RATIO, steer, steering_params(recipe))
             evaluate(method, vanilla, redo=redo, steer=steer)
             continue
         if not method_class(method).trains:
