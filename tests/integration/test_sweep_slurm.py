@@ -172,7 +172,13 @@ def test_one_parent_and_four_finished_children(sweep):
         tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
         assert child.info.status == "FINISHED", child.info.run_name
         for split in ("forget", "test", "retain"):
-            assert 0.0 <= metrics[f"{split}/gen_rougeL"] <= 1.0 and f"{split}/class_acc" in metrics
+            assert 0.0 <= metrics[f"{split}/gen_rougeL"] <= 1.0
+        # the official protocol shows one forget profile as the classification example: at 5% the forget split
+        # has one profile (nothing left to score for classification, and the eval says so), at 10% two
+        one_forget_profile = tags["forget_ratio"] == "5"
+        for split in ("forget", "test"):
+            assert (f"{split}/class_acc" in metrics) != one_forget_profile, (child.info.run_name, split)
+        assert "retain/class_acc" in metrics and "retain/cloze_acc" in metrics
         assert {"train/loss", "train/lr", "train/samples_per_s", "train/tokens_per_s", "train/peak_mem_gib"} <= set(
             metrics)
         assert params["method.name"] == tags["method"] and params["data.forget_ratio"] == tags["forget_ratio"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,9 +33,22 @@ def build_items(bench: MLLMUBench, forget_ratio: int, splits=SPLITS, seed: int =
         if protocol == "official" and split in EXAMPLE_SPLITS:
             ids = bench.split_ids("forget" if split == "test" else split, forget_ratio)
             examples = draw_examples(split, ids, bench.full_set(), seed)
-        for profile in profiles[:limit] if limit else profiles:
-            items.extend(items_for(profile, split, seed, protocol, examples))
+        split_items = [it for profile in (profiles[:limit] if limit else profiles)
+                       for it in items_for(profile, split, seed, protocol, examples)]
+        _warn_unscored_tasks(split, profiles, examples, split_items)
+        items.extend(split_items)
     return items
+
+
+def _warn_unscored_tasks(split: str, profiles, examples: SplitExamples, split_items: list[EvalItem]) -> None:
+    """Say when the official protocol's examples take every question of a task (a split of one or two
+    profiles): its metric is then absent from the results, which a reader would otherwise take for a bug."""
+    scored = {it.task for it in split_items}
+    for task, drawn in examples.drawn.items():
+        if task not in scored and any(getattr(p, task) for p in profiles):
+            warnings.warn(f"evaluation: the {split} split has {len(profiles)} profile(s) and the official protocol "
+                          f"shows {len(drawn)} of them as {task} examples, so no {task} question of it is scored; "
+                          f"use a split with more profiles or --protocol zero-shot", stacklevel=3)
 
 
 def examples_shown(items: list[EvalItem]) -> dict[str, dict[str, list[str]]]:
