@@ -1,4 +1,4 @@
-"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, sweep, report, plan, ui."""
+"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, forget, sweep, report, plan, ui."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
 from vgid_dist.errors import PlanError, VgidError
 from vgid_dist.threads import prefer_sleeping_threads
-from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PROTOCOLS, SPLITS
+from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PEOPLE_SPLITS, PROTOCOLS, SPLITS
 
 # Before torch is imported anywhere in this process (libgomp reads it when it loads).
 prefer_sleeping_threads()
@@ -57,13 +57,23 @@ def cmd_teacher_view(args) -> int:
 
 def cmd_eval(args) -> int:
     from vgid_dist.config import EvalOptions
+    from vgid_dist.data.people import is_people_folder
     from vgid_dist.eval.run import evaluate_model
 
     opts = EvalOptions.of("vgid eval", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           icu=args.icu, attack=args.attack, seed=args.seed, protocol=args.protocol,
                           mc_mode=args.mc_mode, steer=args.steer)
+    if is_people_folder(args.data):
+        from vgid_dist.eval.people import evaluate_people, format_people_table
+
+        results = evaluate_people(args.model, args.data, args.out, opts=opts, dtype=args.dtype, splits=args.splits,
+                                  limit=args.limit)
+        if results is not None:
+            print(format_people_table(results))
+            print(f"results: {args.out} (per person and per question type inside)")
+        return 0
     results = evaluate_model(args.model, args.data, args.forget_ratio, args.out, opts=opts, dtype=args.dtype,
-                             splits=args.splits, limit=args.limit)
+                             splits=args.splits or list(SPLITS), limit=args.limit)
     if results is not None:
         from vgid_dist.eval.report import format_split_table, format_type_table
 
@@ -105,6 +115,36 @@ def cmd_attack_relearn(args) -> int:
     print(f"relearning attack: {args.steps} steps on {args.subset:.0%} of the forget profiles; forget-split scores "
           "of the held-out profiles, before -> after (recovery)")
     print(format_recovery(rows))
+    return 0
+
+
+def cmd_forget(args) -> int:
+    from vgid_dist.cluster.forget import ForgetRequest, run_audit, submit_audit
+    from vgid_dist.errors import BarNotMetError
+
+    req = ForgetRequest(model=args.model, data=args.data, out=args.out, method=args.method, recipe=args.config,
+                        overrides=list(args.overrides), require=args.require, relearn_steps=args.relearn_steps,
+                        relearn_subset=args.relearn_subset, relearn_lr=args.relearn_lr)
+    if args.executor == "slurm":
+        resources = {k: v for k, v in (("gpus_per_node", args.gpus), ("cpus_per_task", args.cpus),
+                                       ("time_min", args.time_min), ("partition", args.partition)) if v is not None}
+        audit = submit_audit(req, resources)
+    else:
+        audit = run_audit(req)
+    if not audit:
+        return 0  # ranks other than 0 of a distributed run
+    from vgid_dist.eval.audit import attack_head, attack_rows, split_rows, verdict
+
+    print("split / metric: before -> after (change)")
+    for row in split_rows(audit):
+        print("  " + " | ".join(row))
+    print(" | ".join(attack_head()))
+    for row in attack_rows(audit):
+        print("  " + " | ".join(row))
+    print(f"audit: {Path(args.out) / 'audit.html'} (and audit.json, audit.md); {verdict(audit)}")
+    if audit["passed"] is False:
+        failed = [f"{r['condition']} (got {r['value']})" for r in audit["require"] if not r["met"]]
+        raise BarNotMetError(f"the deletion does not meet the bar: {'; '.join(failed)}")
     return 0
 
 
@@ -200,9 +240,9 @@ def _finish(p: argparse.ArgumentParser, func, *, force: str | None = None, overr
     p.set_defaults(func=func)
 
 
-def _model_and_data(p: argparse.ArgumentParser) -> None:
+def _model_and_data(p: argparse.ArgumentParser, data_help: str = "benchmark folder in MLLMU-Bench layout") -> None:
     p.add_argument("--model", required=True, help="local Hugging Face model folder")
-    p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
+    p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--forget-ratio", type=int, default=_default(DataConfig, "forget_ratio"),
                    choices=list(FORGET_RATIOS))
 
@@ -244,14 +284,17 @@ def _add_demo_train_config(sub) -> None:
 
 
 def _add_eval_steer_attack(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model folder on MLLMU-Bench")
-    _model_and_data(p)
+    p = sub.add_parser("eval", help="evaluate a model folder on MLLMU-Bench or on a JSONL folder of people")
+    _model_and_data(p, data_help="benchmark folder in MLLMU-Bench layout, or a folder of people (forget.jsonl, "
+                                 "retain.jsonl, optional probes.jsonl)")
     p.add_argument("--out", required=True, help="results JSON (predictions go beside it)")
     _eval_settings(p)
     p.add_argument("--icu", choices=INSTRUCTION_STYLES, default=None,
                    help="unlearning instruction before every question (the ICU baseline)")
     p.add_argument("--attack", choices=["reverse"], default=None, help="reverse-engineering prompt after every question")
-    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    p.add_argument("--splits", nargs="+", default=None, choices=list(SPLITS) + list(PEOPLE_SPLITS[2:]),
+                   help=f"default: every split of the data ({', '.join(SPLITS)} for MLLMU-Bench; "
+                        f"{', '.join(PEOPLE_SPLITS)} for a JSONL folder of people)")
     p.add_argument("--mc-mode", choices=MC_MODES, default=_default(EvalOptions, "mc_mode"),
                    help="logits: also score multiple choice by the option letters' log-probabilities "
                         "(class_acc_logits, beside the official generation-based class_acc)")
@@ -294,6 +337,32 @@ def _add_eval_steer_attack(sub) -> None:
                    help="evaluate before and after with this MLLMEraser steering file (the attack fits the weights)")
     _finish(p, cmd_attack_relearn, force="overwrite a finished attack run",
             overrides="dotted key=value overrides of the fine-tuning run")
+
+
+def _add_forget(sub) -> None:
+    p = sub.add_parser("forget", help="audited deletion of the people of a JSONL folder: evaluate, train, "
+                                      "evaluate, attack, report (audit.json, audit.md, audit.html)")
+    p.add_argument("--model", required=True, help="local Hugging Face model folder (or @tiny/vanilla-llava)")
+    p.add_argument("--data", required=True, help="folder of people: forget.jsonl, retain.jsonl, optional probes.jsonl")
+    p.add_argument("--out", required=True, help="audit folder (an earlier audit there is never overwritten)")
+    p.add_argument("--method", default=None, help="unlearning method (default: the recipe's)")
+    p.add_argument("--config", default=None,
+                   help="recipe giving the method's parameters, optimiser and precision (default: the method's "
+                        "packaged recipe, else llava-1.5-7b: VGID's regime)")
+    p.add_argument("--require", default=None, metavar="CONDITIONS",
+                   help="the bar, e.g. \"forget.fact_recall<=0.1,retain.gen_rougeL>=0.9\" ([stage.]split.metric "
+                        "OP number; stage after (default), before, reverse, relearn): exit status 4 when not met")
+    p.add_argument("--relearn-steps", type=int, default=10, help="steps of the relearning attack (0: no attack)")
+    p.add_argument("--relearn-subset", type=float, default=0.5,
+                   help="share of the forgotten people the attack fits (the others are scored)")
+    p.add_argument("--relearn-lr", type=float, default=None, help="the attack's learning rate (default: the recipe's)")
+    p.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local: in this process; slurm: one job through submitit, waited for")
+    p.add_argument("--gpus", type=int, default=None, help="slurm: GPUs per node (one task per GPU)")
+    p.add_argument("--cpus", type=int, default=None, help="slurm: CPUs per task")
+    p.add_argument("--time-min", type=int, default=None, help="slurm: time limit in minutes")
+    p.add_argument("--partition", default=None, help="slurm: partition")
+    _finish(p, cmd_forget, overrides="dotted key=value overrides of the training run (optim.lr=1e-4)")
 
 
 def _add_cluster_commands(sub) -> None:
@@ -343,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo_train_config(sub)
     _add_eval_steer_attack(sub)
+    _add_forget(sub)
     _add_cluster_commands(sub)
     return parser
 

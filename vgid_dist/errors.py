@@ -6,6 +6,7 @@ expected) and exits with ``exit_code``. Anything else is a bug and keeps its tra
     2    the input was refused before compute was spent (configuration, data, model folder, output folder)
     1    the run stopped on its own terms (non-finite losses, a collective that failed)
     3    the run finished but its tracking did not
+    4    a deletion audit finished (and was written) but did not meet the bar ``--require`` set
     143  a stop signal arrived; the run checkpointed and the same command resumes it (128 + SIGTERM)
 """
 
@@ -52,6 +53,13 @@ class RunExistsError(VgidError, RuntimeError):
 
 class TrackingError(VgidError, RuntimeError):
     """The tracking store cannot be used; the message names the URI and how to turn tracking off."""
+
+
+class BarNotMetError(VgidError):
+    """A deletion audit's results fall short of ``--require``; the audit is written all the same."""
+
+    exit_code = 4
+    prefix = "audit: "
 
 
 class NonFiniteLossError(VgidError, RuntimeError):

@@ -257,7 +257,24 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     return [Prediction(it, replies.get(uid), errors.get(uid), choices.get(uid)) for uid, it in mine.items()]
 
 
-def score(predictions: list[Prediction], splits=None, protocol: str = "official") -> dict:
+def item_values(p: Prediction, protocol: str = "official") -> dict[str, float]:
+    """The metrics of one answered question (``p.reply`` not None): classification ``class_acc`` (and the
+    lenient and logits readings), cloze ``cloze_acc``, every other task ``gen_rougeL`` and ``gen_bleu``."""
+    it = p.item
+    if it.task == "classification":
+        values = {"class_acc": float(classification_correct(p.reply, it.ground_truth,
+                                                            lenient=protocol == "zero-shot")),
+                  LENIENT_METRIC: float(classification_correct(p.reply, it.ground_truth, lenient=True))}
+        if p.choice_logits is not None:
+            values[LOGITS_METRIC] = float(p.choice_logits == it.ground_truth)
+        return values
+    if it.task == "cloze":
+        return {"cloze_acc": float(cloze_correct(p.reply, it.ground_truth))}
+    return {"gen_rougeL": rouge_l(p.reply, it.ground_truth), "gen_bleu": bleu(p.reply, it.ground_truth)}
+
+
+def score(predictions: list[Prediction], splits=None, protocol: str = "official", *,
+          extra: Callable[[Prediction], dict[str, float]] | None = None) -> dict:
     """``{split: {metric: value}}`` plus ``by_type``, ``counts`` and ``skipped``.
 
     ``class_acc`` reads the reply's first character under the official protocol, its first alphanumeric one
@@ -265,6 +282,7 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
     is the mean over every scored question of that task in the split (not the mean of the two question-type
     means); ``by_type`` holds the means per question type (the official evaluator's figures, as fractions).
     Metrics of a task with no question are absent; a requested split with no question at all is ``{}``.
+    ``extra(prediction)``: more metrics of one answered question (fact recall on a user's own data).
     """
     per: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (split, type|"all", metric) -> values
     skipped: dict[str, int] = {s: 0 for s in splits or ()}
@@ -273,16 +291,7 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
         if p.reply is None:
             skipped[it.split] = skipped.get(it.split, 0) + 1
             continue
-        if it.task == "classification":
-            values = {"class_acc": float(classification_correct(p.reply, it.ground_truth,
-                                                                lenient=protocol == "zero-shot")),
-                      LENIENT_METRIC: float(classification_correct(p.reply, it.ground_truth, lenient=True))}
-            if p.choice_logits is not None:
-                values[LOGITS_METRIC] = float(p.choice_logits == it.ground_truth)
-        elif it.task == "cloze":
-            values = {"cloze_acc": float(cloze_correct(p.reply, it.ground_truth))}
-        else:
-            values = {"gen_rougeL": rouge_l(p.reply, it.ground_truth), "gen_bleu": bleu(p.reply, it.ground_truth)}
+        values = item_values(p, protocol) | (extra(p) if extra is not None else {})
         for metric, v in values.items():
             per[(it.split, "all", metric)].append(v)
             per[(it.split, it.qtype, metric)].append(v)

@@ -79,8 +79,9 @@ def make_logprobs_fn(module: torch.nn.Module, adapter, device: torch.device, dty
 
 def run_evaluation(items: list[EvalItem], collator: Collator, generate, opts: EvalOptions, strategy,
                    out_file: Path | None = None, progress: bool = True, *, logprobs=None, splits=SPLITS,
-                   meta: dict | None = None) -> dict | None:
-    """Generate on every rank, gather and score on rank 0; returns the results there (None elsewhere)."""
+                   meta: dict | None = None, score_fn=None) -> dict | None:
+    """Generate on every rank, gather and score on rank 0; returns the results there (None elsewhere).
+    ``score_fn(predictions, splits, protocol)``: the scoring (default the benchmark's, ``score``)."""
     t0 = time.perf_counter()
     local = generate_predictions(items, collator, generate, opts, rank=strategy.rank, world=strategy.world_size,
                                  progress=progress, logprobs=logprobs)
@@ -91,7 +92,7 @@ def run_evaluation(items: list[EvalItem], collator: Collator, generate, opts: Ev
     by_uid = {it.uid: it for it in items}
     predictions = sorted((Prediction(by_uid[uid], reply, error, choice) for part in gathered
                           for uid, reply, error, choice in part), key=lambda p: p.item.uid)
-    results = score(predictions, splits, opts.protocol)
+    results = (score_fn or score)(predictions, splits, opts.protocol)
     results["meta"] = {"questions": len(items), "seconds": time.perf_counter() - t0, "world_size": strategy.world_size,
                        "batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "icu": opts.icu,
                        "attack": opts.attack, "seed": opts.seed, "protocol": opts.protocol, "mc_mode": opts.mc_mode,
@@ -156,17 +157,26 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
                    opts: EvalOptions, splits=SPLITS, dtype: str = "float32", attention: str = "auto",
                    limit: int | None = None, progress: bool = True,
                    profiles: set[str] | None = None) -> dict | None:
-    """Evaluate a model folder. One process: the plain model. Several ranks: a ZeRO-3 inference engine, work
-    sharded across ranks and gathered on rank 0. ``profiles``: only these profiles' questions."""
+    """Evaluate a model folder on an MLLMU-Bench folder (see ``evaluate_items``). ``profiles``: only these
+    profiles' questions."""
+    bench = MLLMUBench(data_root)
+    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.protocol)  # fails early on a missing split
+    if profiles is not None:
+        items = [it for it in items if it.profile_id in profiles]
+    return evaluate_items(model_path, items, out_file, opts=opts, splits=splits, dtype=dtype, attention=attention,
+                          progress=progress, meta={"data": str(data_root), "forget_ratio": forget_ratio})
+
+
+def evaluate_items(model_path: str, items: list[EvalItem], out_file: str | Path, *, opts: EvalOptions, splits,
+                   dtype: str = "float32", attention: str = "auto", progress: bool = True,
+                   meta: dict | None = None, score_fn=None) -> dict | None:
+    """Ask a model folder ``items``. One process: the plain model. Several ranks: a ZeRO-3 inference engine,
+    work sharded across ranks and gathered on rank 0 (the results there, None elsewhere)."""
     from vgid_dist.engine.runner import make_generate_fn
     from vgid_dist.engine.strategy import inference_strategy
     from vgid_dist.models import load_adapter
 
     adapter = load_adapter(model_path)
-    bench = MLLMUBench(data_root)
-    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.protocol)  # fails early on a missing split
-    if profiles is not None:
-        items = [it for it in items if it.profile_id in profiles]
     strategy = inference_strategy(dtype=dtype, attention=attention)  # one process: no DeepSpeed, no group
     world = strategy.world_size
     try:
@@ -177,8 +187,7 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
         logprobs = make_logprobs_fn(module, adapter, strategy.device, strategy.dtype)
         with steering_hooks(module, adapter, opts.steer):
             return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file),
-                                  progress, logprobs=logprobs, splits=splits,
-                                  meta={"model": str(model_path), "data": str(data_root), "forget_ratio": forget_ratio,
-                                        "steer": opts.steer})
+                                  progress, logprobs=logprobs, splits=splits, score_fn=score_fn,
+                                  meta={"model": str(model_path), **(meta or {}), "steer": opts.steer})
     finally:
         strategy.close()
