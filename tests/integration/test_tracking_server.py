@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import MLFLOW_SERVER
 from tests.integration.test_sweep_slurm import IN_CI, REPO
 
 
 def _server_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = MLFLOW_SERVER
     reason = None
-    if not uri.startswith(("http://", "https://")):
-        reason = f"no MLflow tracking server: MLFLOW_TRACKING_URI={uri!r} is not an http(s) URI"
+    if not uri:
+        reason = "no MLflow tracking server: MLFLOW_TRACKING_URI named no http(s) URI when the tests started"
     else:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as resp:
@@ -76,7 +77,7 @@ def test_a_finished_run_reads_back_from_the_server(tmp_path):
 def test_ui_points_at_the_configured_server():
     uri = _server_uri()
     res = subprocess.run([sys.executable, "-m", "vgid_dist.cli", "ui"], capture_output=True, text=True, timeout=120,
-                         check=False, cwd=REPO)
+                         check=False, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     assert res.returncode == 0 and uri in res.stdout, res.stdout + res.stderr
 
 
