@@ -19,7 +19,7 @@ from vgid_dist.tracking.sender import Sender
 
 def _sender(send, probe=lambda: None, **kw) -> tuple[Sender, list[str]]:
     said: list[str] = []
-    return Sender(send, probe, on_lost=said.append, **kw), said
+    return Sender(send, probe, on_lost=lambda reason, what: said.append(f"{what}: {reason}"), **kw), said
 
 
 def test_queued_steps_go_in_one_call_and_a_full_queue_drops_instead_of_blocking():
@@ -59,8 +59,8 @@ def test_a_store_that_stops_answering_is_given_up_once_and_nothing_more_is_queue
         sender.metrics(step, {"train/loss": 1.0})
         sender.call("a file", lambda: None)
     assert sender.close(10)
-    assert sent == [1, 2, 3] and len(said) == 1 and "does not answer" in said[0]
-    assert "Connection refused" in sender.lost and sender._queue.qsize() == 0
+    assert sent == [1, 2, 3] and said == ["the metrics of step 4: http://x does not answer"]
+    assert sender._queue.qsize() == 0
 
 
 def test_a_store_that_answers_but_refuses_every_call_is_given_up_after_three():
@@ -106,7 +106,8 @@ def test_training_finishes_and_says_how_to_recover_when_tracking_is_lost(tmp_pat
         cb.on_step(step, {"loss": 1.0})
     assert time.perf_counter() - t0 < 1.0
     cb.on_end({"steps": 12, "train_seconds": 1.0})
-    assert "tracking was lost at step" in cb.error and f"vgid track {out}" in cb.error
+    assert cb.error.startswith("MLflow tracking was lost; the training itself finished")
+    assert "while sending the metrics of step 4" in cb.error and f"vgid track {out}" in cb.error
     assert cb._tracker.last_step(cb.run_id) == 3 and cb._tracker.status(cb.run_id) == "RUNNING"
 
 

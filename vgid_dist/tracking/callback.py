@@ -55,7 +55,6 @@ class TrackingCallback:
         self._sender: Sender | None = None
         self._monitor = None
         self._step = 0
-        self._lost_at: int | None = None
         self._results: dict | None = None
 
     # -- events -----------------------------------------------------------------------------------------------
@@ -139,12 +138,10 @@ class TrackingCallback:
             print(f"[vgid] warning: MLflow run {run_id} could not be marked {status}", file=sys.stderr, flush=True)
 
     # -- the outcome ------------------------------------------------------------------------------------------
-    def _on_lost(self, reason: str) -> None:
+    def _on_lost(self, reason: str, what: str) -> None:
         """Said once, from the sender's thread, when it gives up."""
-        self._lost_at = self._step
-        print(f"[vgid] warning: MLflow tracking lost at step {self._step}: {reason}. Training goes on; nothing "
-              f"more is sent to {self._tracker.uri}; every step stays in {Path(self._out) / 'train_log.jsonl'}",
-              file=sys.stderr, flush=True)
+        print(f"[vgid] warning: MLflow tracking lost while sending {what}: {reason}. Training goes on without it; "
+              f"{Path(self._out) / 'train_log.jsonl'} keeps every logged step", file=sys.stderr, flush=True)
         self._stop_monitor()
 
     def _stop_monitor(self) -> None:
@@ -162,18 +159,21 @@ class TrackingCallback:
     def _outcome(self, finished: bool) -> str | None:
         """None when the store holds the whole run; else what the user is told (exit status 3)."""
         sender = self._sender
-        done = (f"training finished ({self._out}: model, metrics.json, train_log.jsonl, DONE), but MLflow "
-                f"tracking of run {self.run_id} at {self._tracker.uri} is incomplete: ")
-        fix = (f". Once the store answers, `vgid track {self._out}` records what is missing into the same run "
-               "(or rerun with VGID_TRACKING=off to train without tracking)")
+        head = (f"MLflow tracking {{}}; the training itself finished: {self._out} holds the model, metrics.json, "
+                f"train_log.jsonl and DONE. ")
+        fix = (f" Once the store answers, `vgid track {self._out}` records what is missing into run {self.run_id}"
+               " (VGID_TRACKING=off trains without tracking).")
         if sender.lost is not None:
-            return (f"{done}tracking was lost at step {self._lost_at}: {sender.lost}. The run holds the steps up to "
-                    f"{sender.last_sent_step} and stays RUNNING{fix}")
+            return (head.format("was lost") + f"The store stopped answering while sending {sender.lost_during} "
+                    f"({sender.lost}); run {self.run_id} holds the steps up to {sender.last_sent_step} and stays "
+                    f"RUNNING." + fix)
         if not finished:
-            return f"{done}the last files were still being sent after {FINISH_TIMEOUT_S:.0f} s{fix}"
+            return (head.format("is incomplete") + f"The last files were still being sent to {self._tracker.uri} "
+                    f"after {FINISH_TIMEOUT_S:.0f} s." + fix)
         if sender.failed:
             more = f" (and {len(sender.failed) - 1} more)" if len(sender.failed) > 1 else ""
-            return f"{done}{sender.failed[0]}{more}; the run is marked FAILED{fix}"
+            return (head.format("is incomplete") + f"{self._tracker.uri} refused {sender.failed[0]}{more}; run "
+                    f"{self.run_id} is marked FAILED." + fix)
         return None
 
 

@@ -6,7 +6,7 @@ in order, through a bounded queue. Nothing here imports mlflow; the calls it run
   catches up instead of falling further behind.
 - A call that fails is followed by a check that the store still answers (``store_problem``, seconds). When it
   does not, or after ``max_failures`` failed calls in a row, the sender gives up: it says so once
-  (``on_lost``), empties the queue and drops everything submitted afterwards. Training goes on at full speed
+  (``on_lost(reason, what it was sending)``), empties the queue and drops everything submitted afterwards. Training goes on at full speed
   and its log (``train_log.jsonl``) stays complete.
 """
 
@@ -22,7 +22,7 @@ BATCH_METRICS = 1000  # MLflow's log_batch limit
 
 class Sender:
     def __init__(self, send_steps: Callable[[dict[int, dict[str, float]]], None], probe: Callable[[], str | None], *,
-                 capacity: int = 1024, max_failures: int = 3, on_lost: Callable[[str], None] | None = None):
+                 capacity: int = 1024, max_failures: int = 3, on_lost: Callable[[str, str], None] | None = None):
         """``send_steps({step: {name: value}})`` logs the metrics of several steps in one call; ``probe()`` says
         why the store cannot be reached, or None when it answers."""
         self._send_steps = send_steps
@@ -31,7 +31,8 @@ class Sender:
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)
         self._max_failures = max_failures
         self.lost: str | None = None
-        """Why the sender gave up (None while it sends)."""
+        """Why the sender gave up (None while it sends); ``lost_during``: what it was sending then."""
+        self.lost_during: str | None = None
         self.dropped_steps = 0
         self.failed: list[str] = []
         self.last_sent_step = 0
@@ -117,17 +118,17 @@ class Sender:
             self._consecutive += 1
             problem = self._probe()
             if problem is not None:
-                self._give_up(f"{problem}; sending {what} failed ({error})")
+                self._give_up(problem, what)
             elif self._consecutive >= self._max_failures:
-                self._give_up(f"the store refused {self._consecutive} calls in a row, the last: {what} ({error})")
+                self._give_up(f"the store refused {self._consecutive} calls in a row, the last with {error}", what)
             return False
         self._consecutive = 0
         return True
 
-    def _give_up(self, reason: str) -> None:
-        self.lost = reason
+    def _give_up(self, reason: str, what: str) -> None:
+        self.lost, self.lost_during = reason, what
         if self._on_lost is not None:
-            self._on_lost(reason)
+            self._on_lost(reason, what)
 
     def _drain(self) -> None:
         while True:

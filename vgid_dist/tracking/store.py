@@ -31,10 +31,12 @@ def use_training_http_settings() -> None:
 
 
 def _quiet() -> None:
-    # The SQLite store logs its schema migrations at INFO on first use, on every process; the system-metrics
-    # monitor says at INFO that it started and that it found no GPU (every CPU-only run).
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.system_metrics"):
+    # The SQLite store logs its schema migrations at INFO on first use, on every process. The system-metrics
+    # monitor says at INFO that it started and that it found no GPU (every CPU-only run), and warns when it
+    # cannot reach the store (which the tracking's own message says once).
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -53,7 +55,7 @@ def store_problem(uri: str, timeout: float = 5.0) -> str | None:
             return None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            return f"{uri} does not answer ({type(reason).__name__}: {reason}; waited at most {timeout:.0f} s)"
+            return f"{uri} does not answer: {type(reason).__name__}: {reason}"
     path = _sqlite_path(uri) or (None if "://" in uri and not uri.startswith("file://") else
                                  Path(uri.removeprefix("file://")))
     if path is None:
