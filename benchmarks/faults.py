@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,9 +69,9 @@ def _run(argv: list[str]) -> int:
 # ---- the matrix ----------------------------------------------------------------------------------------------
 
 
-def sh(cmd: list[str], timeout: int = 600, on_line=None) -> tuple[int, str]:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+def sh(cmd: list[str], timeout: int = 600, on_line=None, env: dict | None = None) -> tuple[int, str]:
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**ENV, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     deadline = time.time() + timeout
     try:
@@ -109,7 +110,7 @@ class Matrix:
             "optim": {"max_steps": 12, "batch_size": 2, "lr": 1e-2, "schedule": "constant", "seed": 3}}))
 
     def train(self, out: Path, *extra: str, ranks: int = 1, port: int = 29650, runner: list[str] | None = None,
-              on_line=None, timeout: int = 600) -> tuple[int, str]:
+              on_line=None, timeout: int = 600, env: dict | None = None) -> tuple[int, str]:
         args = ["--ds_config", "ds_configs/zero3.json", "--config", str(self.recipe), f"output_dir={out}", *extra]
         entry = runner or ["launch/train.py"]
         if ranks == 1:
@@ -117,7 +118,7 @@ class Matrix:
         else:
             cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port),
                    *entry, *args]
-        return sh(cmd, timeout, on_line)
+        return sh(cmd, timeout, on_line, env)
 
     def bench_copy(self, name: str) -> Path:
         dst = self.work / name
@@ -282,6 +283,99 @@ def fault_uneven(m: Matrix) -> dict:
             "output_lost": rc != 0}
 
 
+def mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A real MLflow server (the one ``vgid ui`` starts: SQLite store, no job runner) on a free port, in its own
+    process group, answering /health."""
+    import socket
+    import urllib.request
+
+    from vgid_dist.tracking.ui import ui_command, ui_environment
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (folder / "server.log").open("w")
+    proc = subprocess.Popen(ui_command(f"sqlite:///{folder / 'mlflow.db'}", "127.0.0.1", port), cwd=folder,
+                            env={**ui_environment(), "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=5):
+                return proc, uri
+        except OSError:
+            time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError(f"the MLflow server did not answer at {uri}: {(folder / 'server.log').read_text()[-800:]}")
+
+
+def _tracked(uri: str, experiment: str) -> dict:
+    return {"VGID_TRACKING": "on", "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
+
+
+def _untracked_seconds(m: Matrix, name: str) -> float | None:
+    t0 = time.time()
+    rc, _ = m.train(m.work / name)
+    return time.time() - t0 if rc == 0 else None
+
+
+def fault_mlflow_dies(m: Matrix) -> dict:
+    """The server is killed (its whole process group, SIGKILL) once the run has logged step 3 of 12. Compared
+    with the same 12 steps untracked, run before and after it (the faster of the two: the first may build the
+    DeepSpeed and kernel caches)."""
+    before = _untracked_seconds(m, "o-untracked-1")
+    server, uri = mlflow_server(m.work / "mlflow-dies")
+    out_dir = m.work / "o-mlflow-dies"
+    killed: list[float] = []
+
+    def kill_after_step3() -> None:  # watches the run's own log, whatever the console prints
+        log = out_dir / "train_log.jsonl"
+        while server.poll() is None and not killed:
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                os.killpg(server.pid, signal.SIGKILL)
+                killed.append(time.time())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_step3, daemon=True)
+    t0 = time.time()
+    watcher.start()
+    rc, out = m.train(out_dir, env=_tracked(uri, "fault-mlflow-dies"), timeout=900)
+    tracked = time.time() - t0
+    server.wait()
+    after = _untracked_seconds(m, "o-untracked-2")
+    if before is None or after is None:
+        return {"outcome": "an untracked reference run failed", "ok": False, "output_lost": None}
+    untracked = min(before, after)
+    steps = len((out_dir / "train_log.jsonl").read_text().splitlines()) if (out_dir / "train_log.jsonl").is_file() else 0
+    said = out.count("MLflow tracking lost")
+    ok = (rc == 3 and bool(killed) and said == 1 and "vgid track" in out and steps == 12
+          and (out_dir / "DONE").is_file() and tracked < 2 * untracked)
+    return {"outcome": f"exit {rc}; 12 steps in {tracked:.1f} s with the server killed after step 3 vs "
+                       f"{untracked:.1f} s untracked ({tracked / untracked:.2f}x); loss said {said}x; "
+                       f"{steps} steps in train_log.jsonl; {last_error(out)[:150]}...",
+            "ok": ok, "output_lost": steps != 12 or not (out_dir / "model").is_dir(),
+            "untracked_s": round(untracked, 1), "tracked_s": round(tracked, 1)}
+
+
+def fault_mlflow_unreachable(m: Matrix) -> dict:
+    """MLFLOW_TRACKING_URI names a port nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out_dir = m.work / "o-mlflow-unreachable"
+    t0 = time.time()
+    rc, out = m.train(out_dir, env=_tracked(f"http://127.0.0.1:{port}", "fault-unreachable"), timeout=300)
+    took = time.time() - t0
+    loaded = "[vgid] data:" in out or "trainable parameters" in out or out_dir.exists()
+    ok = rc == 2 and "VGID_TRACKING=off" in out and not loaded and took < 60
+    return {"outcome": f"exit {rc} after {took:.1f} s, nothing loaded: {last_error(out)[:240]}", "ok": ok,
+            "output_lost": False}
+
+
 FAULTS = {
     "sigterm_resume_1rank": ("SIGTERM after step 6/12, rerun", lambda m: fault_sigterm(m, 1), "resumed, equal weights"),
     "sigterm_resume_2ranks": ("SIGTERM to both ZeRO-3 ranks after step 6/12, rerun", lambda m: fault_sigterm(m, 2),
@@ -297,6 +391,10 @@ FAULTS = {
     "stalled_rank": ("rank 1 stalls 60 s at step 2 (dist_timeout_s=20)", fault_stalled_rank,
                      "error names rank and op"),
     "uneven_data": ("5 samples on 2 ranks", fault_uneven, "no hang"),
+    "mlflow_dies_midrun": ("MLflow server killed after step 3/12", fault_mlflow_dies,
+                           "finishes < 2x untracked time, says tracking was lost, exit 3"),
+    "mlflow_unreachable": ("MLFLOW_TRACKING_URI names a closed port", fault_mlflow_unreachable,
+                           "error in seconds before any model loads"),
 }
 
 

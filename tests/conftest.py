@@ -3,15 +3,27 @@ session in a temporary folder (nothing is downloaded)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+
+# The MLflow server of the end-to-end tests (``.ci/services.sh`` names it in MLFLOW_TRACKING_URI), read before
+# anything runs. Every other test, and every process a test starts, tracks into a temporary SQLite store:
+# never ./mlflow.db of the working folder, never a server the user's shell names.
+MLFLOW_SERVER = os.environ.get("MLFLOW_TRACKING_URI", "")
+MLFLOW_SERVER = MLFLOW_SERVER if MLFLOW_SERVER.startswith(("http://", "https://")) else ""
+_STORE = Path(tempfile.mkdtemp(prefix="vgid-tests-mlflow-"))
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STORE / 'mlflow.db'}"
+atexit.register(shutil.rmtree, _STORE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, forget, sweep, report, plan, ui."""
+"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, forget, sweep, report, plan, ui,
+track."""
 
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def cmd_report(args) -> int:
     from vgid_dist.tracking import Tracker
 
     out = Path(args.out or Path("runs") / "reports" / args.experiment)
-    written = build_report(Tracker(), args.experiment, out)
+    written = build_report(Tracker(create=False), args.experiment, out)  # reading creates no store
     for path in written:
         if path.suffix == ".md":
             print(path.read_text())
@@ -200,9 +201,9 @@ def cmd_plan(args) -> int:
 
 def cmd_ui(args) -> int:
     import socket
-    import subprocess
 
-    from vgid_dist.tracking import tracking_uri, ui_command
+    from vgid_dist.tracking import tracking_uri
+    from vgid_dist.tracking.ui import serve
 
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -216,10 +217,15 @@ def cmd_ui(args) -> int:
             free.bind((args.host, 0))
             port = free.getsockname()[1]
     print(f"MLflow browser: http://{args.host}:{port} (store {uri}; Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.call(ui_command(uri, args.host, port))
-    except KeyboardInterrupt:
-        return 0
+    return serve(uri, args.host, port)
+
+
+def cmd_track(args) -> int:
+    from vgid_dist.tracking import record_output
+
+    run_id, uri = record_output(Path(args.output_dir), experiment=args.experiment)
+    print(f"{args.output_dir}: recorded as MLflow run {run_id} ({uri})")
+    return 0
 
 
 DTYPES = ["float32", "bfloat16", "float16"]
@@ -405,6 +411,13 @@ def _add_cluster_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000, help="default 5000; a free port when it is taken, or with 0")
     _finish(p, cmd_ui)
+
+    p = sub.add_parser("track", help="record a finished output folder in the tracking store: complete a run whose "
+                                     "tracking was lost, or track one trained with VGID_TRACKING=off")
+    p.add_argument("output_dir", help="a run's output folder (DONE present)")
+    p.add_argument("--experiment", default=None,
+                   help="for a folder the store has no run of: MLFLOW_EXPERIMENT_NAME, else vgid")
+    _finish(p, cmd_track)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.conftest import MLFLOW_SERVER
+
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +55,9 @@ def require_slurm_and_mlflow() -> str:
             _absent("slurmctld does not answer 'scontrol ping'")
     except (OSError, subprocess.TimeoutExpired) as exc:
         _absent(f"slurmctld does not answer: {exc!r}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri.startswith(("http://", "https://")):
-        _absent(f"no MLflow tracking server: MLFLOW_TRACKING_URI={uri!r} is not an http(s) URI")
+    uri = MLFLOW_SERVER
+    if not uri:
+        _absent("no MLflow tracking server: MLFLOW_TRACKING_URI named no http(s) URI when the tests started")
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as resp:
             if b"OK" not in resp.read(100):
@@ -111,7 +113,7 @@ def _run_bounded(cmd: list[str], log_path: Path, timeout: float, during=None):
     while it does."""
     with log_path.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": MLFLOW_SERVER})
         extra = during(proc) if during is not None else None
         try:
             proc.wait(timeout=max(1.0, timeout))

@@ -22,8 +22,17 @@ PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "vgid.kind"  # "train" (one per training job) or "sweep" (a sweep's parent)
 
 
+SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+OFF = ("0", "off", "false", "no")
+
+
 def enabled() -> bool:
-    return os.environ.get(TRACKING_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
+    return os.environ.get(TRACKING_ENV, "on").strip().lower() not in OFF
+
+
+def system_metrics_enabled() -> bool:
+    """A training run logs MLflow's system metrics (``system/...``) unless MLflow's own switch says false."""
+    return os.environ.get(SYSTEM_METRICS_ENV, "true").strip().lower() not in OFF
 
 
 def default_store() -> Path:
