@@ -172,7 +172,9 @@ class RunConfig(StrictModel):
     """Checkpoint every N optimiser steps (0: only at the end and on SIGTERM/SIGUSR1)."""
     ds_config: str = "zero3"
     """A DeepSpeed JSON path, or the name of a packaged one: zero3, zero3_offload, zero2."""
-    log_every: int = Field(1, gt=0)
+    log_every: int | None = Field(None, gt=0)
+    """Print one line every N optimiser steps (loss terms, lr, samples/s, ETA). None: a progress bar per run on a
+    terminal, a line at every tenth of the run elsewhere. ``train_log.jsonl`` holds every step either way."""
     dist_timeout_s: int = Field(1800, gt=0)
     """Process-group timeout: a stuck collective raises after this many seconds instead of idling."""
     max_consecutive_nonfinite: int = Field(3, gt=0)

@@ -23,6 +23,7 @@ from vgid_dist.errors import DataError
 from vgid_dist.eval import prompting
 from vgid_dist.eval.items import EvalItem
 from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, official_reply, rouge_l
+from vgid_dist.progress import Progress
 
 LENIENT_METRIC = "class_acc_lenient"
 LOGITS_METRIC = "class_acc_logits"
@@ -197,8 +198,6 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     With ``opts.mc_mode == "logits"`` (``logprobs`` required) the classification items are also scored by
     the option letters' log-probabilities: one forward call per batch, batches planned like generation ones,
     so every rank runs the same number of forward calls of the same modality."""
-    from tqdm import tqdm
-
     adapter = collator.adapter
     tokenizer = adapter.tokenizer
     encoder = PromptEncoder(adapter, opts)
@@ -214,9 +213,8 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     choices: dict[str, str] = {}
     mine: dict[str, EvalItem] = {}
     # rank 0 shows its own share: every rank runs the same number of batches, so its ETA is the job's
-    bar = tqdm(total=sum(len(b.items) for b in batches + mc_batches), unit="q",
-               desc="eval" if world == 1 else f"eval (rank 0 of {world})",
-               disable=not (progress and rank == 0), dynamic_ncols=True, mininterval=1.0)
+    bar = Progress(sum(len(b.items) for b in batches + mc_batches),
+                   "eval" if world == 1 else f"eval (rank 0 of {world})", unit="q", enabled=progress and rank == 0)
     for batch in batches:
         encoded, asked, _ = encoder.encode_batch(batch, errors)
         mine.update((it.uid, it) for it in batch.items if it is not None)
