@@ -256,7 +256,8 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
 
 
 def score(predictions: list[Prediction], splits=None, protocol: str = "official") -> dict:
-    """``{split: {metric: value}}`` plus ``by_type``, ``counts`` and ``skipped``.
+    """``{split: {metric: value}}`` plus ``by_type``, ``counts`` (questions scored per split and metric),
+    ``by_type_counts`` and ``skipped``.
 
     ``class_acc`` reads the reply's first character under the official protocol, its first alphanumeric one
     under ``zero-shot``; ``class_acc_lenient`` always reads the first alphanumeric one. A split's combined value
@@ -287,6 +288,7 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
     results: dict = {s: {} for s in splits or ()}
     by_type: dict = defaultdict(lambda: defaultdict(dict))
     counts: dict = {s: {} for s in splits or ()}
+    type_counts: dict = defaultdict(lambda: defaultdict(dict))
     for (split, qtype, metric), values in sorted(per.items()):
         mean = sum(values) / len(values)
         if qtype == "all":
@@ -294,8 +296,10 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
             counts.setdefault(split, {})[metric] = len(values)
         else:
             by_type[split][qtype][metric] = mean
+            type_counts[split][qtype][metric] = len(values)
     results["by_type"] = {s: dict(t) for s, t in by_type.items()}
     results["counts"] = counts
+    results["by_type_counts"] = {s: dict(t) for s, t in type_counts.items()}
     results["skipped"] = skipped
     return results
 
