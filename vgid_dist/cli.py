@@ -9,11 +9,20 @@ from pathlib import Path
 
 from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
 from vgid_dist.errors import PlanError, VgidError
+from vgid_dist.progress import library_bars_only_on_a_terminal
 from vgid_dist.threads import prefer_sleeping_threads
+from vgid_dist.usage import (
+    matrices_epilog,
+    options_as_overrides,
+    overrides_epilog,
+    unrecognized_message,
+    version_text,
+)
 from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PEOPLE_SPLITS, PROTOCOLS, SPLITS
 
 # Before torch is imported anywhere in this process (libgomp reads it when it loads).
 prefer_sleeping_threads()
+library_bars_only_on_a_terminal()
 
 
 PROTOCOL_HELP = ("official (default): the official MLLMU-Bench evaluator's solved examples before classification "
@@ -229,11 +238,16 @@ def cmd_track(args) -> int:
 
 
 DTYPES = ["float32", "bfloat16", "float16"]
+DTYPE_HELP = "the model's weights in memory (default float32)"
 
 
 def _default(model, field: str):
     """A field's default in the configuration models: the command line and recipes share one value."""
     return model.model_fields[field].default
+
+
+FORGET_RATIO_HELP = (f"the share of the profiles to forget, in %% (the forget_X and retain_(100-X) splits; default "
+                     f"{_default(DataConfig, 'forget_ratio')})")
 
 
 def _finish(p: argparse.ArgumentParser, func, *, force: str | None = None, overrides: str | None = None) -> None:
@@ -243,19 +257,21 @@ def _finish(p: argparse.ArgumentParser, func, *, force: str | None = None, overr
         p.add_argument("--force", action="store_true", help=force)
     if overrides:
         p.add_argument("overrides", nargs="*", help=overrides)
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, command_parser=p)  # its own usage in errors, not the top level's
 
 
 def _model_and_data(p: argparse.ArgumentParser, data_help: str = "benchmark folder in MLLMU-Bench layout") -> None:
     p.add_argument("--model", required=True, help="local Hugging Face model folder")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--forget-ratio", type=int, default=_default(DataConfig, "forget_ratio"),
-                   choices=list(FORGET_RATIOS))
+                   choices=list(FORGET_RATIOS), help=FORGET_RATIO_HELP)
 
 
-def _eval_settings(p: argparse.ArgumentParser, batch_help: str | None = None) -> None:
-    p.add_argument("--batch-size", type=int, default=_default(EvalOptions, "batch_size"), help=batch_help)
-    p.add_argument("--max-new-tokens", type=int, default=_default(EvalOptions, "max_new_tokens"))
+def _eval_settings(p: argparse.ArgumentParser, batch_help: str = "questions asked at once") -> None:
+    p.add_argument("--batch-size", type=int, default=_default(EvalOptions, "batch_size"),
+                   help=f"{batch_help} (default {_default(EvalOptions, 'batch_size')})")
+    p.add_argument("--max-new-tokens", type=int, default=_default(EvalOptions, "max_new_tokens"),
+                   help=f"longest reply, in tokens (default {_default(EvalOptions, 'max_new_tokens')})")
     p.add_argument("--protocol", choices=PROTOCOLS, default=_default(EvalOptions, "protocol"), help=PROTOCOL_HELP)
 
 
@@ -263,14 +279,18 @@ def _add_demo_train_config(sub) -> None:
     p = sub.add_parser("demo", help="the whole job on the embedded default: synthetic benchmark, tiny model, CPU")
     p.add_argument("--out", default="vgid-demo", help="output folder (reused when run again)")
     p.add_argument("--methods", default="vgid", help="comma-separated methods to train and compare (default vgid)")
-    p.add_argument("--family", default="llava", choices=["llava", "qwen2_5_vl"])
+    p.add_argument("--family", default="llava", choices=["llava", "qwen2_5_vl"],
+                   help="the tiny model's architecture (default llava)")
     _finish(p, cmd_demo, force="retrain and re-evaluate methods already finished")
 
-    p = sub.add_parser("train", help="one unlearning run (single process; use deepspeed/torchrun for several)")
-    p.add_argument("--config", required=True, help="recipe YAML path or packaged recipe name")
+    p = sub.add_parser("train", help="one unlearning run (single process; use deepspeed/torchrun for several)",
+                       epilog=overrides_epilog("train"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="recipe YAML path or packaged recipe name (listed below)")
     _finish(p, cmd_train, force="overwrite a finished output_dir", overrides="dotted key=value overrides")
 
-    p = sub.add_parser("config", help="print the resolved configuration of a recipe (what a run would use)")
+    p = sub.add_parser("config", help="print the resolved configuration of a recipe (what a run would use)",
+                       epilog=overrides_epilog("config").replace("--config ", ""),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="recipe YAML path or packaged recipe name")
     _finish(p, cmd_config, overrides="dotted key=value overrides")
 
@@ -278,7 +298,7 @@ def _add_demo_train_config(sub) -> None:
                                             "the teacher's prompt")
     p.add_argument("--model", required=True, help="local Hugging Face model folder (its processor and tokenizer)")
     p.add_argument("--image", required=True, help="an image file")
-    p.add_argument("--question", default="Who is the person in the image?")
+    p.add_argument("--question", default="Who is the person in the image?", help="the question both sides are asked")
     p.add_argument("--config", default=None,
                    help="recipe giving the method (vgid, icu_t, noise_t), its parameters and the seed "
                         "(default: vgid's defaults, seed 42)")
@@ -305,7 +325,7 @@ def _add_eval_steer_attack(sub) -> None:
                    help="logits: also score multiple choice by the option letters' log-probabilities "
                         "(class_acc_logits, beside the official generation-based class_acc)")
     p.add_argument("--seed", type=int, default=0, help="seeds the example profiles and the Test_Set image draws")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="MLLMEraser steering file (`vgid steer build`): its hooks steer the model while it answers")
@@ -318,8 +338,8 @@ def _add_eval_steer_attack(sub) -> None:
     p.add_argument("--out", required=True, help="steering file to write (.safetensors)")
     p.add_argument("--config", default=None, help="recipe whose mllmeraser parameters to start from (e.g. mllmeraser)")
     p.add_argument("--seed", type=int, default=0, help="seeds the perturbation of the erasure inputs' images")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs encoded at once (default 8)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
     p.add_argument("params", nargs="*", help="mllmeraser parameters as key=value (layers=[15,16] scale=2 gate=soft)")
     _finish(p, cmd_steer_build)
 
@@ -329,7 +349,7 @@ def _add_eval_steer_attack(sub) -> None:
     p.add_argument("--model", required=True, nargs="+", help="unlearned model folder(s)")
     p.add_argument("--data", required=True, help="benchmark folder in MLLMU-Bench layout")
     p.add_argument("--forget-ratio", type=int, default=_default(DataConfig, "forget_ratio"),
-                   choices=list(FORGET_RATIOS))
+                   choices=list(FORGET_RATIOS), help=FORGET_RATIO_HELP)
     p.add_argument("--steps", type=int, required=True, help="optimiser steps of the attack's fine-tuning")
     p.add_argument("--subset", type=float, required=True,
                    help="fraction of the forget profiles whose training pairs are fitted (the rest are scored)")
@@ -372,7 +392,8 @@ def _add_forget(sub) -> None:
 
 
 def _add_cluster_commands(sub) -> None:
-    p = sub.add_parser("sweep", help="the model x forget-ratio x method matrix through submitit, tracked in MLflow")
+    p = sub.add_parser("sweep", help="the model x forget-ratio x method matrix through submitit, tracked in MLflow",
+                       epilog=matrices_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("matrix", help="matrix YAML path or packaged matrix name (tiny-matrix, paper-table3)")
     p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local"],
                    help="slurm, local (one job at a time on this machine), auto: slurm when it answers")
@@ -391,24 +412,30 @@ def _add_cluster_commands(sub) -> None:
     p = sub.add_parser("plan", help="per-GPU memory of a run (parameters, gradients, optimiser, teacher, "
                                     "activations) and whether it fits")
     p.add_argument("--model", required=True, help="llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-3b, or a model folder")
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--zero", type=int, default=3, choices=[2, 3])
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (ranks) per node (default 8)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--zero", type=int, default=3, choices=[2, 3],
+                   help="ZeRO stage: 3 shards parameters too, 2 only gradients and optimiser states (default 3)")
     p.add_argument("--offload", action="store_true", help="optimiser and parameters on the CPU (zero3_offload)")
     p.add_argument("--lora", action="store_true", help="LoRA adapters instead of full fine-tuning")
-    p.add_argument("--lora-r", type=int, default=_default(LoraConfig, "r"))
-    p.add_argument("--gpu-memory-gb", type=float, default=80.0)
+    p.add_argument("--lora-r", type=int, default=_default(LoraConfig, "r"),
+                   help=f"LoRA rank, with --lora (default {_default(LoraConfig, 'r')})")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                   help="memory of one GPU; the plan fits when total x 1.1 + 1 GB is at most this (default 80)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="global forget samples per step (default: one per GPU); as many retain samples ride along")
-    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="gradient accumulation steps: the micro-batch per GPU is batch / (GPUs x this) (default 1)")
     p.add_argument("--text-tokens", type=int, default=80, help="question + answer tokens per sample, image excluded")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="weights and activations (default bfloat16; optimiser states are fp32 either way)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute activations in backward (model.gradient_checkpointing): less memory, more time")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     _finish(p, cmd_plan)
 
     p = sub.add_parser("ui", help="the MLflow browser on the tracking store (local SQLite unless MLFLOW_TRACKING_URI)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000, help="default 5000; a free port when it is taken, or with 0")
     _finish(p, cmd_ui)
 
@@ -422,6 +449,8 @@ def _add_cluster_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgid", description="Distributed unlearning for multimodal LLMs")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="the version of vgid and of the packages it runs on, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo_train_config(sub)
     _add_eval_steer_attack(sub)
@@ -432,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = options_as_overrides(parser, sys.argv[1:] if argv is None else list(argv))
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow options (`vgid sweep M --wait a=1`), which argparse alone refuses
     # once a positional argument came before the options.
@@ -439,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             "=" in a and not a.startswith("-") for a in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.command_parser.error(unrecognized_message(args.command_parser, extra))
     try:
         return args.func(args)
     except VgidError as exc:

@@ -12,6 +12,20 @@ expected) and exits with ``exit_code``. Anything else is a bug and keeps its tra
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def close_names(name: str, known: Iterable[str], *, cutoff: float = 0.6) -> list[str]:
+    """The known names closest to a mistyped one: up to three, the closest first."""
+    return difflib.get_close_matches(str(name), list(known), n=3, cutoff=cutoff)
+
+
+def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = 0.6, prefix: str = "") -> str:
+    """``"; did you mean vgid?"`` (each suggestion after ``prefix``), or ``""`` when no known name is close."""
+    close = close_names(name, known, cutoff=cutoff)
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+
 
 class VgidError(Exception):
     """Base of the errors above; ``exit_code`` is what ``vgid`` returns for it."""

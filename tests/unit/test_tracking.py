@@ -31,7 +31,8 @@ def test_metric_names():
                "by_type": {"forget": {"Pure_Text": {"gen_rougeL": 0.5}}}, "counts": {"forget": {"gen_rougeL": 3}},
                "meta": {"seconds": 3.0}}
     assert tracking.eval_metrics(results) == {"forget/gen_rougeL": 0.25, "forget/class_acc": 0.5,
-                                              "retain/cloze_acc": 1.0, "forget/Pure_Text/gen_rougeL": 0.5}
+                                              "retain/cloze_acc": 1.0, "forget/Pure_Text/gen_rougeL": 0.5,
+                                              "forget/count/gen_rougeL": 3.0}
     assert "reverse/forget/gen_rougeL" in tracking.eval_metrics(results, attack="reverse")
     steps = tracking.step_metrics({"loss": 1.5, "forget_kl": 0.5, "tokens/forget_tokens": 12.0, "lr": 1e-3,
                                    "grad_norm": float("nan"), "epoch": 0})

@@ -23,6 +23,7 @@ from vgid_dist.errors import DataError
 from vgid_dist.eval import prompting
 from vgid_dist.eval.items import EvalItem
 from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, official_reply, rouge_l
+from vgid_dist.progress import Progress
 
 LENIENT_METRIC = "class_acc_lenient"
 LOGITS_METRIC = "class_acc_logits"
@@ -197,8 +198,6 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     With ``opts.mc_mode == "logits"`` (``logprobs`` required) the classification items are also scored by
     the option letters' log-probabilities: one forward call per batch, batches planned like generation ones,
     so every rank runs the same number of forward calls of the same modality."""
-    from tqdm import tqdm
-
     adapter = collator.adapter
     tokenizer = adapter.tokenizer
     encoder = PromptEncoder(adapter, opts)
@@ -214,9 +213,8 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     choices: dict[str, str] = {}
     mine: dict[str, EvalItem] = {}
     # rank 0 shows its own share: every rank runs the same number of batches, so its ETA is the job's
-    bar = tqdm(total=sum(len(b.items) for b in batches + mc_batches), unit="q",
-               desc="eval" if world == 1 else f"eval (rank 0 of {world})",
-               disable=not (progress and rank == 0), dynamic_ncols=True, mininterval=1.0)
+    bar = Progress(sum(len(b.items) for b in batches + mc_batches),
+                   "eval" if world == 1 else f"eval (rank 0 of {world})", unit="q", enabled=progress and rank == 0)
     for batch in batches:
         encoded, asked, _ = encoder.encode_batch(batch, errors)
         mine.update((it.uid, it) for it in batch.items if it is not None)
@@ -275,7 +273,8 @@ def item_values(p: Prediction, protocol: str = "official") -> dict[str, float]:
 
 def score(predictions: list[Prediction], splits=None, protocol: str = "official", *,
           extra: Callable[[Prediction], dict[str, float]] | None = None) -> dict:
-    """``{split: {metric: value}}`` plus ``by_type``, ``counts`` and ``skipped``.
+    """``{split: {metric: value}}`` plus ``by_type``, ``counts`` (questions scored per split and metric),
+    ``by_type_counts`` and ``skipped``.
 
     ``class_acc`` reads the reply's first character under the official protocol, its first alphanumeric one
     under ``zero-shot``; ``class_acc_lenient`` always reads the first alphanumeric one. A split's combined value
@@ -298,6 +297,7 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
     results: dict = {s: {} for s in splits or ()}
     by_type: dict = defaultdict(lambda: defaultdict(dict))
     counts: dict = {s: {} for s in splits or ()}
+    type_counts: dict = defaultdict(lambda: defaultdict(dict))
     for (split, qtype, metric), values in sorted(per.items()):
         mean = sum(values) / len(values)
         if qtype == "all":
@@ -305,8 +305,10 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
             counts.setdefault(split, {})[metric] = len(values)
         else:
             by_type[split][qtype][metric] = mean
+            type_counts[split][qtype][metric] = len(values)
     results["by_type"] = {s: dict(t) for s, t in by_type.items()}
     results["counts"] = counts
+    results["by_type_counts"] = {s: dict(t) for s, t in type_counts.items()}
     results["skipped"] = skipped
     return results
 
