@@ -34,6 +34,25 @@ FAILURE_TIMEOUT_S = 20.0
 """The same for a run that stopped with an error or a signal (a preempted job has seconds left)."""
 
 
+_process_run_started = False
+
+
+def job_start() -> float:
+    """When the run starts, in seconds since the epoch: the first run of a process starts with the process
+    (imports, data and models load before training, and belong to the job's wall time); a later run of the same
+    process (``vgid attack relearn`` over several models) when its callback is made."""
+    global _process_run_started
+    if not _process_run_started:
+        _process_run_started = True
+        try:
+            import psutil
+
+            return float(psutil.Process().create_time())
+        except (ImportError, OSError):
+            pass
+    return time.time()
+
+
 class TrackingCallback:
     """Trainer callback: logs one training job to MLflow from rank 0. Other ranks only take part in the one
     broadcast that tells every rank whether the run could be opened (so all ranks stop together).
@@ -47,8 +66,7 @@ class TrackingCallback:
         self.uri = uri
         self.experiment = experiment or os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
         self.parent_id = parent_id or os.environ.get(PARENT_ENV)
-        # The run starts when the job does (before data and models load), so its duration is the job's.
-        self.started_at = time.time()
+        self.started_at = job_start()
         self.run_id: str | None = None
         self.error: str | None = None
         self._tracker: Tracker | None = None

@@ -77,6 +77,12 @@ def check_store(uri: str | None = None, timeout: float = 5.0) -> str:
     return uri
 
 
+# MLflow 3's browser opens an experiment of this kind on its runs table and a run on its training metrics (the
+# other kind, GenAI development, opens on traces); runs tracked here are training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 @dataclass
 class RunRecord:
     """A run read back from the store, as plain data."""
@@ -133,12 +139,15 @@ class Tracker:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 raise TrackingError(f"{self.uri}: experiment {name!r} is deleted; restore it or choose another name")
+            if create and EXPERIMENT_KIND_TAG not in exp.tags:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return exp.experiment_id
         if not create:
             return None
         root = self._artifact_root()
         try:
-            return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+            return self.client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except MlflowException:
             # Another job created it between the lookup and the create.
             exp = self.client.get_experiment_by_name(name)
