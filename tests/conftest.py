@@ -73,3 +73,50 @@ def run_launcher(args: list[str], *, timeout: int = 300, env: dict | None = None
 
 
 PYTHON = sys.executable
+
+
+# ---- test layers ---------------------------------------------------------------------------------------------
+# `python -m pytest` runs the fast layer: the unit tests and the integration tests marked `quick` (a few minutes
+# on two cores). `--full` runs every test, as CI does (.ci/run); so does naming a test file or a test, or choosing
+# tests with `-m`.
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="run the whole suite: every integration test (DeepSpeed over 2 CPU ranks, Slurm, MLflow "
+                          "server), as CI does; without it, the unit tests and the integration tests marked quick")
+
+
+def _named_files(config) -> set[Path]:
+    named = set()
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0])
+        if path.is_file():
+            named.add(path.resolve())
+    return named
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or config.option.markexpr:
+        return
+    named = _named_files(config)
+    keep, left = [], []
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        full_only = INTEGRATION in path.parents and item.get_closest_marker("quick") is None
+        (left if full_only and path not in named else keep).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = keep
+        config.stash[LEFT_FOR_FULL] = len(left)
+
+
+LEFT_FOR_FULL = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left = config.stash.get(LEFT_FOR_FULL, 0)
+    if left:
+        terminalreporter.write_line(f"fast layer: {left} integration tests not run; `--full` runs the whole suite "
+                                    "(as CI does)")
