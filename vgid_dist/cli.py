@@ -143,18 +143,11 @@ def cmd_forget(args) -> int:
         audit = run_audit(req)
     if not audit:
         return 0  # ranks other than 0 of a distributed run
-    from vgid_dist.eval.audit import attack_head, attack_rows, split_rows, verdict
+    from vgid_dist.eval.audit import console_summary, unmet_conditions
 
-    print("split / metric: before -> after (change)")
-    for row in split_rows(audit):
-        print("  " + " | ".join(row))
-    print(" | ".join(attack_head()))
-    for row in attack_rows(audit):
-        print("  " + " | ".join(row))
-    print(f"audit: {Path(args.out) / 'audit.html'} (and audit.json, audit.md); {verdict(audit)}")
+    print(console_summary(audit, Path(args.out)))
     if audit["passed"] is False:
-        failed = [f"{r['condition']} (got {r['value']})" for r in audit["require"] if not r["met"]]
-        raise BarNotMetError(f"the deletion does not meet the bar: {'; '.join(failed)}")
+        raise BarNotMetError(f"the deletion does not meet the bar: {'; '.join(unmet_conditions(audit))}")
     return 0
 
 

@@ -130,6 +130,7 @@ def run_audit(req: ForgetRequest) -> dict:
     people = read_people(req.data)
     conditions = parse_require(req.require, people.splits)
     cfg = audit_config(req)
+    tracker = _tracker(cfg, req.recipe_name())  # the store answers (or tracking is off) before any model loads
     if req.relearn_steps and len(people.ids["forget"]) < 2:
         raise ConfigError(f"{people.files['forget']}: the relearning attack needs at least 2 people to forget "
                           "(some to fit, some to score); give --relearn-steps 0 to leave it out")
@@ -142,7 +143,7 @@ def run_audit(req: ForgetRequest) -> dict:
         write_json_atomic(out / "inputs.json", inputs)
     steps = _Steps(out, people, cfg, EvalOptions.for_run(cfg))
     before = steps.evaluate("before", cfg.model.path)
-    steps.timed("train", lambda: _train(cfg, req.recipe_name()))
+    steps.timed("train", lambda: _train(cfg, tracker))
     unlearned = str(cfg.resolved_output_dir() / "model")
     after = steps.evaluate("after", unlearned)
     attacked = tuple(s for s in EVAL_SPLITS_ATTACKED if s in people.splits)
@@ -156,7 +157,16 @@ def run_audit(req: ForgetRequest) -> dict:
     return audit
 
 
-def _train(cfg, recipe: str) -> None:
+def _tracker(cfg, recipe: str):
+    """The training's tracking callback (None when ``VGID_TRACKING=off`` or the run is already trained)."""
+    from vgid_dist.tracking import callback_for
+
+    if (cfg.resolved_output_dir() / "DONE").is_file():
+        return None
+    return callback_for(recipe)
+
+
+def _train(cfg, tracker) -> None:
     from vgid_dist.engine.entry import train
     from vgid_dist.jobs import run_callbacks
 
@@ -164,7 +174,7 @@ def _train(cfg, recipe: str) -> None:
         print(f"[forget] {cfg.resolved_output_dir()} is trained; reusing it", flush=True)
         return
     print(f"[forget] training {cfg.method.name} -> {cfg.resolved_output_dir()}", flush=True)
-    train(cfg, callbacks=run_callbacks(cfg, recipe))
+    train(cfg, callbacks=run_callbacks(cfg, tracker))
 
 
 def _relearn(req: ForgetRequest, people, cfg, unlearned: str, opts) -> dict | None:

@@ -128,6 +128,21 @@ def verdict(audit: dict) -> str:
     return "bar met" if audit["passed"] else "bar NOT met"
 
 
+def console_summary(audit: dict, out: Path) -> str:
+    """What ``vgid forget`` prints: before/after per split, the attacks, where the audit is and the verdict."""
+    lines = [" | ".join(["before -> after (change): split", *SPLIT_METRICS])]
+    lines += ["  " + " | ".join(row) for row in split_rows(audit)]
+    lines += [" | ".join(attack_head())] + ["  " + " | ".join(row) for row in attack_rows(audit)]
+    lines.append(f"audit: {out / 'audit.html'} (and audit.json, audit.md); {verdict(audit)}")
+    return "\n".join(lines)
+
+
+def unmet_conditions(audit: dict) -> list[str]:
+    """Each ``--require`` condition the audit misses, with the value it got."""
+    return [f"{r['condition']} (got {r['value']:.3f})" if isinstance(r["value"], float) else
+            f"{r['condition']} (got {r['value']})" for r in audit["require"] if not r["met"]]
+
+
 def person_head() -> list[str]:
     return ["person"] + [f"{kind} {m}" for kind in ("pairs", "probes") for m in PERSON_METRICS]
 

@@ -86,7 +86,7 @@ def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, tra
     return plan, train, items
 
 
-NOT_SPLITS = ("by_type", "counts", "skipped", "meta", "by_person")
+NOT_SPLITS = ("by_type", "counts", "by_type_counts", "skipped", "meta", "by_person")
 """Keys of a results dict that are not splits."""
 
 
