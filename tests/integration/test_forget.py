@@ -24,6 +24,7 @@ def people_dir(bench_dir, tmp_path_factory):
     return write_people_folder(bench_dir, tmp_path_factory.mktemp("people") / "my_people", RATIO)
 
 
+@pytest.mark.quick
 def test_mllmu_layout_and_jsonl_folder_give_the_same_generation_scores(tiny_llava, bench_dir, people_dir, tmp_path):
     from vgid_dist.eval.people import evaluate_people
     from vgid_dist.eval.run import evaluate_model
@@ -96,6 +97,7 @@ def test_forget_exit_status_says_the_bar_was_not_met(tiny_llava, people_dir, tmp
     assert audit["passed"] is False and audit["mlflow"] is None and set(audit["attacks"]) == {"reverse"}
 
 
+@pytest.mark.quick
 def test_bad_bar_is_refused_before_anything_runs(tiny_llava, people_dir, tmp_path):
     res = forget(tiny_llava, people_dir, tmp_path / "audit", "--require", "test.fact_recall<=0.1",
                  env={"VGID_TRACKING": "off"})

@@ -43,7 +43,9 @@ def _absent(reason: str) -> None:
 
 
 def _run(cmd: list[str], timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    """``cmd`` with the sweep's tracking server (the session's own default is a temporary SQLite store)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": MLFLOW_SERVER} if MLFLOW_SERVER else None
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
 def require_slurm_and_mlflow() -> str:

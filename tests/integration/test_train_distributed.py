@@ -123,12 +123,14 @@ def test_finished_run_is_not_overwritten(recipe, one_rank):
     assert result.returncode == 2 and "holds a finished run" in result.stdout
 
 
+@pytest.mark.quick
 def test_config_errors_fail_before_anything_loads(recipe):
     result = run_launcher([PYTHON, "launch/train.py", "--config", str(recipe), "method.alpha=oops"], timeout=60,
                           env={"VGID_TRACKING": "off"})
     assert result.returncode == 2 and "method.alpha" in result.stdout
 
 
+@pytest.mark.quick
 def test_hub_id_is_refused_with_a_clear_message(recipe):
     result = run_launcher([PYTHON, "launch/train.py", "--config", str(recipe), "model.path=llava-hf/llava-1.5-7b-hf"],
                           timeout=60, env={"VGID_TRACKING": "off"})

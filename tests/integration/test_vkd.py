@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 VISUAL = ("vision_tower", "multi_modal_projector")
 
 
+@pytest.mark.quick
 def test_vkd_leaves_the_language_model_bit_identical(tiny_llava, bench_dir, tmp_path):
     out = tmp_path / "vkd"
     result = run_launcher([PYTHON, "launch/train.py", "--config", "tiny-vkd", f"model.path={tiny_llava}",
