@@ -74,10 +74,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_steer_build(args) -> int:
-    import yaml
     from pydantic import ValidationError
 
     from vgid_dist.config.method_params import MllmEraserParams
+    from vgid_dist.config.recipes import parse_override_value
     from vgid_dist.eval.steering import build_steering_file
 
     if args.config:
@@ -93,7 +93,7 @@ def cmd_steer_build(args) -> int:
         key, sep, value = text.partition("=")
         if not sep:
             raise ConfigError(f"{text!r}: expected key=value (a parameter of method mllmeraser, e.g. scale=2)")
-        given[key.strip().removeprefix("method.")] = yaml.safe_load(value)  # as in training overrides
+        given[key.strip().removeprefix("method.")] = parse_override_value(text, value)  # as in training overrides
     try:
         params = MllmEraserParams(**given)
     except ValidationError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vgid_dist.data.schema import ImageRef, Sample
 from vgid_dist.errors import DataError
+from vgid_dist.io import read_utf8
 
 
 def read_jsonl_samples(path: str | Path, split: str) -> list[Sample]:
@@ -22,28 +23,27 @@ def read_jsonl_samples(path: str | Path, split: str) -> list[Sample]:
     if not path.is_file():
         raise DataError(f"{path}: {split} file not found")
     samples: list[Sample] = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            for field in ("id", "question", "answer"):
-                if not isinstance(row.get(field), str) or not row[field]:
-                    raise DataError(f"{where} field {field!r}: expected a non-empty string, got {row.get(field)!r}")
-            image = None
-            if row.get("image"):
-                if not isinstance(row["image"], str):
-                    raise DataError(f"{where} field 'image': expected a path string")
-                image_path = Path(row["image"])
-                if not image_path.is_absolute():
-                    image_path = path.parent / image_path
-                image = ImageRef(path=str(image_path), origin=f"{where} row {row['id']!r} field 'image'")
-            samples.append(Sample(sample_id=f"{row['id']}/{split}/{lineno}", profile_id=row["id"],
-                                  question=row["question"], answer=row["answer"], image=image, source=where))
+    for lineno, line in enumerate(read_utf8(path, DataError).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        for field in ("id", "question", "answer"):
+            if not isinstance(row.get(field), str) or not row[field]:
+                raise DataError(f"{where} field {field!r}: expected a non-empty string, got {row.get(field)!r}")
+        image = None
+        if row.get("image"):
+            if not isinstance(row["image"], str):
+                raise DataError(f"{where} field 'image': expected a path string")
+            image_path = Path(row["image"])
+            if not image_path.is_absolute():
+                image_path = path.parent / image_path
+            image = ImageRef(path=str(image_path), origin=f"{where} row {row['id']!r} field 'image'")
+        samples.append(Sample(sample_id=f"{row['id']}/{split}/{lineno}", profile_id=row["id"],
+                              question=row["question"], answer=row["answer"], image=image, source=where))
     return samples
