@@ -4,7 +4,10 @@
 
 One JSON line per fault on stdout (``fault``, ``injected``, ``outcome``, ``expected``, ``ok``,
 ``output_lost``, ``seconds``), then a table. ``--check`` exits 1 when any fault did not end as expected.
-Builds a small synthetic benchmark and a 2-layer random LLaVA in a temporary folder (nothing downloaded).
+Builds a small synthetic benchmark and a 2-layer random LLaVA in a temporary folder (nothing downloaded; a kept
+folder's are reused). Preemption, bad input and collectives are here; the output folder, logs, final save,
+checkpoints and rendezvous in ``faults_output.py``; hostile input in ``faults_input.py``; the faults installed
+inside a training process in ``fault_inject.py``.
 """
 
 from __future__ import annotations
@@ -20,45 +23,28 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "VGID_TRACKING": "off",
-       "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))}
-
-
-# ---- fault injection inside a training process (``python benchmarks/faults.py _run KIND ...``) ----------------
-
-
-def _register_faulty_method(kind: str, at_steps: set[int]) -> None:
-    """A VGID whose loss is NaN at given steps (``nan``), or whose rank 1 stalls (``stall``)."""
-    import torch
-    import torch.distributed as dist
-
-    from vgid_dist.methods import REGISTRY
-    from vgid_dist.methods.vgid import Vgid
-
-    class Faulty(Vgid):
-        name = "vgid"
-        calls = 0
-
-        def compute_loss(self, batch, student, frozen, counts):
-            out = super().compute_loss(batch, student, frozen, counts)
-            Faulty.calls += 1  # one micro-batch per step in these runs
-            if Faulty.calls in at_steps:
-                if kind == "nan":
-                    out.loss = out.loss * torch.tensor(float("nan"))
-                elif kind == "stall" and dist.get_rank() == 1:
-                    time.sleep(60)
-            return out
-
-    REGISTRY["vgid"] = Faulty
+import faults_input  # noqa: E402
+import faults_output  # noqa: E402
+from fault_kit import (  # noqa: E402
+    PY,
+    REPO,
+    Matrix,
+    expect_error,
+    last_error,
+    rewrite_pairs,
+    sh,
+    weights_equal,
+)
 
 
 def _run(argv: list[str]) -> int:
+    """A training process with a fault installed (``fault_inject``), then the usual entry."""
+    from fault_inject import install
+
     kind, steps, *rest = argv
-    _register_faulty_method(kind, {int(s) for s in steps.split(",") if s})
+    install(kind, steps)
     sys.path.insert(0, str(REPO))
     from launch.train import main
 
@@ -68,81 +54,8 @@ def _run(argv: list[str]) -> int:
 # ---- the matrix ----------------------------------------------------------------------------------------------
 
 
-def sh(cmd: list[str], timeout: int = 600, on_line=None) -> tuple[int, str]:
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines = []
-    deadline = time.time() + timeout
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line, proc)
-            if time.time() > deadline:
-                raise subprocess.TimeoutExpired(cmd, timeout)
-        proc.wait(timeout=max(1, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return -9, "".join(lines) + f"\n[timed out after {timeout}s]"
-    return proc.returncode, "".join(lines)
-
-
-def last_error(text: str) -> str:
-    for line in reversed(text.splitlines()):
-        if line.startswith("error:") or "[vgid] stopped" in line:
-            return line.strip()[:400]
-    return text.strip().splitlines()[-1][:400] if text.strip() else ""
-
-
-class Matrix:
-    def __init__(self, work: Path):
-        from vgid_dist.data.synthetic import corpus, write_synthetic_benchmark
-        from vgid_dist.models.tiny import build_tiny_llava
-
-        self.work = work
-        self.bench = write_synthetic_benchmark(work / "bench", num_profiles=20, num_celebrities=4, seed=2)
-        self.model = build_tiny_llava(work / "model", corpus(self.bench), hidden=32, vocab_size=512)
-        self.recipe = work / "recipe.yaml"
-        self.recipe.write_text(yaml.safe_dump({
-            "extends": "tiny", "model": {"path": str(self.model)}, "data": {"root": str(self.bench)},
-            "optim": {"max_steps": 12, "batch_size": 2, "lr": 1e-2, "schedule": "constant", "seed": 3}}))
-
-    def train(self, out: Path, *extra: str, ranks: int = 1, port: int = 29650, runner: list[str] | None = None,
-              on_line=None, timeout: int = 600) -> tuple[int, str]:
-        args = ["--ds_config", "ds_configs/zero3.json", "--config", str(self.recipe), f"output_dir={out}", *extra]
-        entry = runner or ["launch/train.py"]
-        if ranks == 1:
-            cmd = [PY, *entry, *args]
-        else:
-            cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port),
-                   *entry, *args]
-        return sh(cmd, timeout, on_line)
-
-    def bench_copy(self, name: str) -> Path:
-        dst = self.work / name
-        shutil.copytree(self.bench, dst)
-        return dst
-
-
-def weights_equal(a: Path, b: Path, tol: float = 1e-6) -> tuple[bool, float]:
-    from safetensors.torch import load_file
-
-    wa, wb = load_file(str(a / "model" / "model.safetensors")), load_file(str(b / "model" / "model.safetensors"))
-    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
-    return diff <= tol, diff
-
-
-def rewrite_pairs(folder: Path, edit) -> None:
-    import pyarrow.parquet as pq
-
-    for file in sorted(folder.glob("*.parquet")):
-        table = pq.read_table(file)
-        pq.write_table(edit(table), file)
-
-
 def fault_sigterm(m: Matrix, ranks: int) -> dict:
-    ref, cut = m.work / f"ref{ranks}", m.work / f"cut{ranks}"
+    ref, cut = m.fresh(f"ref{ranks}"), m.fresh(f"cut{ranks}")
     port = 29660 + 10 * ranks
     rc, out = m.train(ref, "save_every=2", ranks=ranks, port=port)
     if rc != 0:
@@ -165,12 +78,6 @@ def fault_sigterm(m: Matrix, ranks: int) -> dict:
                        f"abs diff {diff:.1e} vs uninterrupted", "ok": equal and rc1 != 0, "output_lost": not equal}
 
 
-def expect_error(rc: int, out: str, *needles: str) -> dict:
-    err = last_error(out)
-    ok = rc == 2 and all(n in out for n in needles)
-    return {"outcome": f"exit {rc}: {err}", "ok": ok, "output_lost": False}
-
-
 def fault_corrupt_image(m: Matrix) -> dict:
     import pyarrow as pa
 
@@ -183,7 +90,7 @@ def fault_corrupt_image(m: Matrix) -> dict:
                                 pa.array(images, type=table.schema.field("image").type))
 
     rewrite_pairs(bench / "baseline_train_split" / "forget_5", corrupt)
-    rc, out = m.train(m.work / "o-corrupt", f"data.root={bench}")
+    rc, out = m.train(m.fresh("o-corrupt"), f"data.root={bench}")
     return expect_error(rc, out, "unreadable image", "field 'image'", "forget_5")
 
 
@@ -199,29 +106,29 @@ def fault_overlap(m: Matrix) -> dict:
         return table.set_column(table.schema.get_field_index("ID"), "ID", pa.array(ids, type=pa.string()))
 
     rewrite_pairs(bench / "baseline_train_split" / "retain_95", steal)
-    rc, out = m.train(m.work / "o-overlap", f"data.root={bench}")
+    rc, out = m.train(m.fresh("o-overlap"), f"data.root={bench}")
     return expect_error(rc, out, f"profile id '{forget_id}' is in both the forget split", "retain_95")
 
 
 def fault_empty_forget(m: Matrix) -> dict:
     bench = m.bench_copy("bench-empty")
     rewrite_pairs(bench / "baseline_train_split" / "forget_5", lambda t: t.slice(0, 0))
-    rc, out = m.train(m.work / "o-empty", f"data.root={bench}")
+    rc, out = m.train(m.fresh("o-empty"), f"data.root={bench}")
     return expect_error(rc, out, "training split", "is empty")
 
 
 def fault_all_truncated(m: Matrix) -> dict:
-    rc, out = m.train(m.work / "o-trunc", "data.max_length=16")
+    rc, out = m.train(m.fresh("o-trunc"), "data.max_length=16")
     return expect_error(rc, out, "no sample has an answer token left", "data.max_length=16")
 
 
 def fault_unknown_family(m: Matrix) -> dict:
-    model = m.work / "model-gpt"
+    model = m.fresh("model-gpt")
     shutil.copytree(m.model, model)
     config = json.loads((model / "config.json").read_text())
     config["model_type"] = "gpt_neox"
     (model / "config.json").write_text(json.dumps(config))
-    rc, out = m.train(m.work / "o-family", f"model.path={model}", "model.family=null")
+    rc, out = m.train(m.fresh("o-family"), f"model.path={model}", "model.family=null")
     return expect_error(rc, out, "config.json", "'model_type' is 'gpt_neox'")
 
 
@@ -231,12 +138,12 @@ def fault_ds_batch(m: Matrix) -> dict:
     data["train_micro_batch_size_per_gpu"] = 8
     ds.write_text(json.dumps(data))
     rc, out = sh([PY, "launch/train.py", "--ds_config", str(ds), "--config", str(m.recipe),
-                  f"output_dir={m.work / 'o-ds'}"])
+                  f"output_dir={m.fresh('o-ds')}"])
     return expect_error(rc, out, "train_micro_batch_size_per_gpu=8 contradicts the run")
 
 
 def fault_nan_once(m: Matrix) -> dict:
-    out_dir = m.work / "o-nan"
+    out_dir = m.fresh("o-nan")
     rc, out = m.train(out_dir, runner=["benchmarks/faults.py", "_run", "nan", "3"])
     metrics = json.loads((out_dir / "metrics.json").read_text()) if (out_dir / "metrics.json").is_file() else {}
     skipped = metrics.get("nonfinite_skipped")
@@ -246,10 +153,10 @@ def fault_nan_once(m: Matrix) -> dict:
 
 
 def fault_nan_streak(m: Matrix) -> dict:
-    out_dir = m.work / "o-nan3"
+    out_dir = m.fresh("o-nan3")
     rc, out = m.train(out_dir, "save_every=2", runner=["benchmarks/faults.py", "_run", "nan", "5,6,7"])
-    ckpt = out_dir / "checkpoints" / "LATEST"
-    saved = json.loads(ckpt.read_text())["step"] if ckpt.is_file() else None
+    ckpt = out_dir / "checkpoints" / "latest"
+    saved = int(ckpt.read_text().removeprefix("global_step")) if ckpt.is_file() else None
     ok = rc == 1 and "3 consecutive steps had a non-finite loss" in out and saved == 7
     return {"outcome": f"exit {rc}: {last_error(out)[:160]}... checkpoint at step {saved}", "ok": ok,
             "output_lost": saved is None}
@@ -257,7 +164,7 @@ def fault_nan_streak(m: Matrix) -> dict:
 
 def fault_stalled_rank(m: Matrix) -> dict:
     t0 = time.time()
-    rc, out = m.train(m.work / "o-stall", "dist_timeout_s=20", ranks=2, port=29690,
+    rc, out = m.train(m.fresh("o-stall"), "dist_timeout_s=20", ranks=2, port=29690,
                       runner=["benchmarks/faults.py", "_run", "stall", "2"], timeout=300)
     took = time.time() - t0
     named = next((line.strip() for line in out.splitlines() if "a collective failed during" in line), "")
@@ -275,7 +182,7 @@ def fault_uneven(m: Matrix) -> dict:
         return table.set_column(table.schema.get_field_index("metadata"), "metadata", pa.array(meta))
 
     rewrite_pairs(bench / "baseline_train_split" / "forget_5", five)
-    rc, out = m.train(m.work / "o-uneven", f"data.root={bench}", "max_steps=4", "optim.batch_size=2", ranks=2,
+    rc, out = m.train(m.fresh("o-uneven"), f"data.root={bench}", "max_steps=4", "optim.batch_size=2", ranks=2,
                       port=29695, timeout=400)
     ok = rc == 0 and "5 primary" in out
     return {"outcome": f"exit {rc}: 5 forget samples, 2 ranks, batch 2: every step full on both ranks", "ok": ok,
@@ -297,6 +204,8 @@ FAULTS = {
     "stalled_rank": ("rank 1 stalls 60 s at step 2 (dist_timeout_s=20)", fault_stalled_rank,
                      "error names rank and op"),
     "uneven_data": ("5 samples on 2 ranks", fault_uneven, "no hang"),
+    **faults_output.FAULTS,
+    **faults_input.FAULTS,
 }
 
 
