@@ -21,9 +21,10 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "VGID_TRACKING": "off",
 FAULTS_SCRIPT = str(REPO / "benchmarks" / "faults.py")
 
 
-def sh(cmd: list[str], timeout: int = 600, on_line=None, cwd: Path = REPO) -> tuple[int, str]:
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+def sh(cmd: list[str], timeout: int = 600, on_line=None, cwd: Path = REPO,
+       env: dict | None = None) -> tuple[int, str]:
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**ENV, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     deadline = time.time() + timeout
     try:
@@ -69,10 +70,11 @@ class Matrix:
         self.recipe = work / "recipe.yaml"
         self.recipe.write_text(yaml.safe_dump({
             "extends": "tiny", "model": {"path": str(self.model)}, "data": {"root": str(self.bench)},
-            "optim": {"max_steps": 12, "batch_size": 2, "lr": 1e-2, "schedule": "constant", "seed": 3}}))
+            "optim": {"max_steps": 12, "batch_size": 2, "lr": 1e-2, "schedule": "constant", "seed": 3},
+            "log_every": 1}))  # a line per step: rows act on "step N/12"
 
     def train(self, out: Path, *extra: str, ranks: int = 1, port: int = 29650, runner: list[str] | None = None,
-              on_line=None, timeout: int = 600) -> tuple[int, str]:
+              on_line=None, timeout: int = 600, env: dict | None = None) -> tuple[int, str]:
         args = ["--ds_config", "ds_configs/zero3.json", "--config", str(self.recipe), f"output_dir={out}", *extra]
         entry = runner or ["launch/train.py"]
         if ranks == 1:
@@ -80,7 +82,7 @@ class Matrix:
         else:
             cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port),
                    *entry, *args]
-        return sh(cmd, timeout, on_line)
+        return sh(cmd, timeout, on_line, env=env)
 
     def faulty(self, kind: str, steps: str = "") -> list[str]:
         """The training entry with a fault installed in the process (``faults.py _run KIND STEPS``)."""

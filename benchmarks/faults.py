@@ -6,7 +6,8 @@ One JSON line per fault on stdout (``fault``, ``injected``, ``outcome``, ``expec
 ``output_lost``, ``seconds``), then a table. ``--check`` exits 1 when any fault did not end as expected.
 Builds a small synthetic benchmark and a 2-layer random LLaVA in a temporary folder (nothing downloaded; a kept
 folder's are reused). Preemption, bad input and collectives are here; the output folder, logs, final save,
-checkpoints and rendezvous in ``faults_output.py``; hostile input in ``faults_input.py``; the faults installed
+checkpoints and rendezvous in ``faults_output.py``; hostile input in ``faults_input.py``; tracking
+outages in ``faults_tracking.py``; the faults installed
 inside a training process in ``fault_inject.py``.
 """
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import faults_input  # noqa: E402
 import faults_output  # noqa: E402
+import faults_tracking  # noqa: E402
 from fault_kit import (  # noqa: E402
     PY,
     REPO,
@@ -206,6 +208,7 @@ FAULTS = {
     "uneven_data": ("5 samples on 2 ranks", fault_uneven, "no hang"),
     **faults_output.FAULTS,
     **faults_input.FAULTS,
+    **faults_tracking.FAULTS,
 }
 
 

@@ -130,9 +130,19 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--out", required=True)
     v.add_argument("--benchmark", required=True)
     v.add_argument("--family", default="llava")
+    p = sub.add_parser("people", help="a benchmark's forget and retain people as a JSONL folder (vgid forget --data)")
+    p.add_argument("--out", required=True, help="folder to write (must not exist)")
+    p.add_argument("--benchmark", default=TINY_PREFIX + "benchmark",
+                   help="MLLMU-Bench layout folder (default: the embedded synthetic benchmark, built on first use)")
+    p.add_argument("--forget-ratio", type=int, default=5, choices=[5, 10, 15])
     args = parser.parse_args(argv)
     if args.cmd == "vanilla":
         build_vanilla(Path(args.out), Path(args.benchmark), args.family)
+    elif args.cmd == "people":
+        from vgid_dist.data.people_writer import write_people_folder
+
+        out = write_people_folder(resolve_tiny_path(args.benchmark), args.out, args.forget_ratio)
+        print(f"wrote {out}: forget.jsonl, retain.jsonl, probes.jsonl, images/")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,25 @@ expected) and exits with ``exit_code``. Anything else is a bug and keeps its tra
          checkpoint that a safe load refuses)
     1    the run stopped on its own terms (non-finite losses, a collective that failed, a full disk)
     3    the run finished but its tracking did not
+    4    a deletion audit finished (and was written) but did not meet the bar ``--require`` set
     143  a stop signal arrived; the run checkpointed and the same command resumes it (128 + SIGTERM)
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def close_names(name: str, known: Iterable[str], *, cutoff: float = 0.6) -> list[str]:
+    """The known names closest to a mistyped one: up to three, the closest first."""
+    return difflib.get_close_matches(str(name), list(known), n=3, cutoff=cutoff)
+
+
+def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = 0.6, prefix: str = "") -> str:
+    """``"; did you mean vgid?"`` (each suggestion after ``prefix``), or ``""`` when no known name is close."""
+    close = close_names(name, known, cutoff=cutoff)
+    return f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
 
 
 class VgidError(Exception):
@@ -64,6 +79,13 @@ class OutputWriteError(VgidError, RuntimeError):
 
 class TrackingError(VgidError, RuntimeError):
     """The tracking store cannot be used; the message names the URI and how to turn tracking off."""
+
+
+class BarNotMetError(VgidError):
+    """A deletion audit's results fall short of ``--require``; the audit is written all the same."""
+
+    exit_code = 4
+    prefix = "audit: "
 
 
 class NonFiniteLossError(VgidError, RuntimeError):

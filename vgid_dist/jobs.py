@@ -16,12 +16,9 @@ from vgid_dist.eval.callback import EvaluationCallback
 from vgid_dist.tracking import callback_for
 
 
-def run_callbacks(cfg: RunConfig, recipe: str) -> list:
+def run_callbacks(cfg: RunConfig, tracker) -> list:
     """Tracking first (it logs a step's metrics before an evaluation of that step sends its results)."""
-    callbacks: list = []
-    tracker = callback_for(recipe)
-    if tracker is not None:
-        callbacks.append(tracker)
+    callbacks: list = [tracker] if tracker is not None else []
     if EvaluationCallback.wanted(cfg):
         callbacks.append(EvaluationCallback(cfg))
     return callbacks
@@ -30,5 +27,7 @@ def run_callbacks(cfg: RunConfig, recipe: str) -> list:
 def train_recipe(recipe: str, overrides: list[str], *, force: bool = False) -> dict[str, Any]:
     """One training run of ``recipe`` (a packaged name or a YAML path) with ``key=value`` overrides; returns its
     summary, raises ``vgid_dist.errors`` for refused input and stopped runs."""
-    cfg = resolve_assets(load_run_config(recipe, overrides))
-    return train(cfg, force=force, callbacks=run_callbacks(cfg, recipe))
+    cfg = load_run_config(recipe, overrides)
+    tracker = callback_for(recipe)  # the store is checked here: before any asset is built or model loaded
+    cfg = resolve_assets(cfg)
+    return train(cfg, force=force, callbacks=run_callbacks(cfg, tracker))

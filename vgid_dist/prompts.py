@@ -85,6 +85,9 @@ def generation_body(question: str, has_image: bool) -> str:
 
 
 def task_body(task: str, question: str, options: dict[str, str] | None, has_image: bool) -> str:
+    """The user turn of ``task``; ``chat`` is the question as training shows it (a user's own pairs)."""
+    if task == "chat":
+        return question
     if task == "classification":
         if not options:
             raise ValueError("a classification question needs its options")
@@ -93,4 +96,4 @@ def task_body(task: str, question: str, options: dict[str, str] | None, has_imag
         return cloze_body(question)
     if task == "generation":
         return generation_body(question, has_image)
-    raise ValueError(f"unknown task {task!r}; expected classification, cloze or generation")
+    raise ValueError(f"unknown task {task!r}; expected classification, cloze, generation or chat")

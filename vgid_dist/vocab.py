@@ -1,4 +1,4 @@
-"""The words every layer shares, defined once: benchmark splits, forget ratios, tasks and question types,
+"""The words every layer shares, defined once: benchmark splits (and a people folder's), forget ratios, tasks and question types,
 instruction styles, perturbations, evaluation protocols and metrics. Each is a ``Literal`` type (for pydantic
 models and signatures) and the tuple of its values (for loops, ``choices`` and messages)."""
 
@@ -9,6 +9,11 @@ from typing import Literal, get_args
 Split = Literal["forget", "test", "retain", "celebrity"]
 SPLITS: tuple[str, ...] = get_args(Split)
 """The four evaluation splits of MLLMU-Bench, in report order."""
+
+PeopleSplit = Literal["forget", "retain", "forget_probes", "retain_probes"]
+PEOPLE_SPLITS: tuple[str, ...] = get_args(PeopleSplit)
+"""The evaluation splits of a JSONL folder of people: the pairs of forget.jsonl and retain.jsonl, and the rows of
+probes.jsonl about each file's people."""
 
 ForgetRatio = Literal[5, 10, 15]
 FORGET_RATIOS: tuple[int, ...] = get_args(ForgetRatio)

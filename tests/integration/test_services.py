@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MLFLOW_SERVER
+
 JOB_TIMEOUT_S = 120
 CMD_TIMEOUT_S = 20
 FINAL_STATES = {
@@ -260,9 +262,9 @@ def test_submitit_two_tasks_gloo_all_reduce(submitit_executor) -> None:
 
 @pytest.fixture
 def mlflow_uri(monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri.startswith(("http://", "https://")):
-        _absent(f"no MLflow tracking server: MLFLOW_TRACKING_URI={uri!r} is not an http(s) URI")
+    uri = MLFLOW_SERVER
+    if not uri:
+        _absent("no MLflow tracking server: MLFLOW_TRACKING_URI named no http(s) URI when the tests started")
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as resp:
             body = resp.read(100).decode(errors="replace")

@@ -37,7 +37,7 @@ def test_vgid_7b_script_runs_two_ranks_and_logs_one_run(tmp_path, tiny_llava, be
 
     experiment = f"test-slurm-script-{uuid.uuid4().hex[:10]}"
     out_dir = tmp_path / "run"
-    env = {**os.environ, "VGID_RECIPE": "tiny", "VGID_PYTHON": sys.executable, "MLFLOW_EXPERIMENT_NAME": experiment,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "VGID_RECIPE": "tiny", "VGID_PYTHON": sys.executable, "MLFLOW_EXPERIMENT_NAME": experiment,
            "VGID_OVERRIDES": f"optim.max_steps={STEPS} eval.at_end=true eval.limit=1 output_dir={out_dir} "
                              f"model.path={tiny_llava} data.root={bench_dir}"}
     cmd = ["sbatch", "--parsable", "--job-name=vgid-script-test", "--gpus-per-node=0", "--ntasks-per-node=2",

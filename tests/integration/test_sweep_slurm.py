@@ -26,6 +26,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.conftest import MLFLOW_SERVER
+
 pytestmark = [pytest.mark.slurm, pytest.mark.mlflow, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,9 +55,9 @@ def require_slurm_and_mlflow() -> str:
             _absent("slurmctld does not answer 'scontrol ping'")
     except (OSError, subprocess.TimeoutExpired) as exc:
         _absent(f"slurmctld does not answer: {exc!r}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri.startswith(("http://", "https://")):
-        _absent(f"no MLflow tracking server: MLFLOW_TRACKING_URI={uri!r} is not an http(s) URI")
+    uri = MLFLOW_SERVER
+    if not uri:
+        _absent("no MLflow tracking server: MLFLOW_TRACKING_URI named no http(s) URI when the tests started")
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as resp:
             if b"OK" not in resp.read(100):
@@ -111,7 +113,7 @@ def _run_bounded(cmd: list[str], log_path: Path, timeout: float, during=None):
     while it does."""
     with log_path.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": MLFLOW_SERVER})
         extra = during(proc) if during is not None else None
         try:
             proc.wait(timeout=max(1.0, timeout))
@@ -172,7 +174,13 @@ def test_one_parent_and_four_finished_children(sweep):
         tags, metrics, params = child.data.tags, child.data.metrics, child.data.params
         assert child.info.status == "FINISHED", child.info.run_name
         for split in ("forget", "test", "retain"):
-            assert 0.0 <= metrics[f"{split}/gen_rougeL"] <= 1.0 and f"{split}/class_acc" in metrics
+            assert 0.0 <= metrics[f"{split}/gen_rougeL"] <= 1.0
+        # the official protocol shows one forget profile as the classification example: at 5% the forget split
+        # has one profile (nothing left to score for classification, and the eval says so), at 10% two
+        one_forget_profile = tags["forget_ratio"] == "5"
+        for split in ("forget", "test"):
+            assert (f"{split}/class_acc" in metrics) != one_forget_profile, (child.info.run_name, split)
+        assert "retain/class_acc" in metrics and "retain/cloze_acc" in metrics
         assert {"train/loss", "train/lr", "train/samples_per_s", "train/tokens_per_s", "train/peak_mem_gib"} <= set(
             metrics)
         assert params["method.name"] == tags["method"] and params["data.forget_ratio"] == tags["forget_ratio"]

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import MLFLOW_SERVER
 from tests.integration.test_sweep_slurm import IN_CI, REPO
 
 
 def _server_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = MLFLOW_SERVER
     reason = None
-    if not uri.startswith(("http://", "https://")):
-        reason = f"no MLflow tracking server: MLFLOW_TRACKING_URI={uri!r} is not an http(s) URI"
+    if not uri:
+        reason = "no MLflow tracking server: MLFLOW_TRACKING_URI named no http(s) URI when the tests started"
     else:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as resp:
@@ -76,16 +77,26 @@ def test_a_finished_run_reads_back_from_the_server(tmp_path):
 def test_ui_points_at_the_configured_server():
     uri = _server_uri()
     res = subprocess.run([sys.executable, "-m", "vgid_dist.cli", "ui"], capture_output=True, text=True, timeout=120,
-                         check=False, cwd=REPO)
+                         check=False, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     assert res.returncode == 0 and uri in res.stdout, res.stdout + res.stderr
 
 
+def _group(pgid: int) -> list[str]:
+    """Command lines of the live processes of process group ``pgid``."""
+    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=False).stdout
+    return [line.split(None, 2)[2] for line in out.splitlines()
+            if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]
+
+
 @pytest.mark.integration
-def test_ui_serves_the_local_store(tmp_path):
-    """No server configured: ``vgid ui`` serves ./mlflow.db on 127.0.0.1 and prints where."""
+def test_ui_serves_the_local_store_and_sigterm_stops_all_of_it(tmp_path):
+    """No server configured: ``vgid ui`` serves ./mlflow.db on 127.0.0.1 and prints where, without MLflow's
+    job runner; SIGTERM to the command (as a service manager or ``kill`` sends it) stops the server and all
+    its children, and frees the port."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-m", "vgid_dist.cli", "ui", "--port", "0"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server_group = None
     try:
         line = proc.stdout.readline()
         assert line.startswith("MLflow browser: http://127.0.0.1:"), line
@@ -103,10 +114,21 @@ def test_ui_serves_the_local_store(tmp_path):
         else:
             pytest.fail(f"vgid ui did not answer at {address} within 240 s")
         assert Path(tmp_path / "mlflow.db").is_file()
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        server_group = os.getpgid(int(children[0]))
+        assert server_group != proc.pid  # the server runs in a group of its own, which vgid ui stops
+        assert not [c for c in _group(server_group) if "huey" in c or "job" in c.lower()], _group(server_group)
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 30
+        while _group(server_group) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _group(server_group) == []
+        with pytest.raises((urllib.error.URLError, OSError)):
+            urllib.request.urlopen(address + "/health", timeout=5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for group in (proc.pid, server_group):
+            if group is not None and _group(group):
+                os.killpg(group, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -259,3 +259,12 @@ def test_zero_shot_scores_every_question_and_reads_past_the_tag(llava, official,
     # hb001's generation reply read whole: 16 ROUGE tokens ("glass-blower" is two, "ASSISTANT: I do not know"
     # five more), the reference's 11 among them in order -> P = 11/16, R = 1, F = 22/27; every other answer 0
     assert results["forget"]["gen_rougeL"] == pytest.approx(22 / 27 / 6)
+
+
+def test_a_split_whose_every_question_is_an_example_says_so(bench_dir):
+    bench = MLLMUBench(bench_dir)  # 20 profiles: 5% forgets one, shown as the classification example
+    with pytest.warns(UserWarning, match="forget split has 1 profile.*no classification question of it is scored"):
+        items = build_items(bench, 5, ["forget"], seed=0)
+    assert {it.task for it in items} == {"generation"}
+    assert {it.task for it in build_items(bench, 5, ["forget"], seed=0, protocol="zero-shot")} == {
+        "classification", "cloze", "generation"}

@@ -3,6 +3,7 @@ folder), run continuation across requeues, rank 0 only, and the report built fro
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +31,8 @@ def test_metric_names():
                "by_type": {"forget": {"Pure_Text": {"gen_rougeL": 0.5}}}, "counts": {"forget": {"gen_rougeL": 3}},
                "meta": {"seconds": 3.0}}
     assert tracking.eval_metrics(results) == {"forget/gen_rougeL": 0.25, "forget/class_acc": 0.5,
-                                              "retain/cloze_acc": 1.0, "forget/Pure_Text/gen_rougeL": 0.5}
+                                              "retain/cloze_acc": 1.0, "forget/Pure_Text/gen_rougeL": 0.5,
+                                              "forget/count/gen_rougeL": 3.0}
     assert "reverse/forget/gen_rougeL" in tracking.eval_metrics(results, attack="reverse")
     steps = tracking.step_metrics({"loss": 1.5, "forget_kl": 0.5, "tokens/forget_tokens": 12.0, "lr": 1e-3,
                                    "grad_norm": float("nan"), "epoch": 0})
@@ -68,27 +70,51 @@ def store(tmp_path_factory) -> tracking.Tracker:
 def test_a_requeued_job_continues_its_run(store, tmp_path):
     out = tmp_path / "run"
     cfg = load_run_config("tiny", [f"output_dir={out}", "max_steps=2"])
-    first = tracking.start_or_resume(store, cfg, model="tiny", experiment="requeue", log=lambda *_: None)
-    assert tracking.read_run_id(out) == first
+    started = time.time() - 30  # the job started before its models loaded
+    first, resumed = tracking.start_or_resume(store, cfg, model="tiny", experiment="requeue", start_time=started,
+                                              log=lambda *_: None)
+    assert tracking.read_run_id(out) == first and not resumed
     run = store.get_run(first)
     assert run.data.params["optim.max_steps"] == "2" and run.data.params["method.name"] == "vgid"
     assert {k: run.data.tags[k] for k in ("model", "forget_ratio", "method", "seed")} == {
         "model": "tiny", "forget_ratio": "5", "method": "vgid", "seed": "42"}
-    assert run.data.tags.get("git_commit")  # the test runs inside the repository
+    # MLflow's own tags, as mlflow.start_run sets them, and the package's commit (the test runs in the repository)
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
+    assert run.info.start_time == int(started * 1000)
     assert run.info.artifact_uri.startswith(Path(store.uri[len("sqlite:///"):]).parent.as_uri())
 
     # The job is preempted (its run left RUNNING, or KILLED) and requeued: the same run continues.
     store.set_status(first, "KILLED")
-    again = tracking.start_or_resume(store, cfg, model="tiny", experiment="requeue", log=lambda *_: None)
-    assert again == first and store.status(first) == "RUNNING"
+    again, resumed = tracking.start_or_resume(store, cfg, model="tiny", experiment="requeue", log=lambda *_: None)
+    assert again == first and resumed and store.status(first) == "RUNNING"
+    assert store.get_run(first).info.start_time == int(started * 1000)
 
     # Other values for the same output_dir, or a finished run: a new run.
     changed = load_run_config("tiny", [f"output_dir={out}", "max_steps=3"])
-    third = tracking.start_or_resume(store, changed, model="tiny", experiment="requeue", log=lambda *_: None)
+    third, _ = tracking.start_or_resume(store, changed, model="tiny", experiment="requeue", log=lambda *_: None)
     assert third != first and tracking.read_run_id(out) == third
     store.set_status(third, "FINISHED")
-    fourth = tracking.start_or_resume(store, changed, model="tiny", experiment="requeue", log=lambda *_: None)
+    fourth, _ = tracking.start_or_resume(store, changed, model="tiny", experiment="requeue", log=lambda *_: None)
     assert fourth not in (first, third)
+
+
+def test_a_sweep_placeholder_is_replaced_by_a_run_that_starts_with_the_job(store, tmp_path):
+    out = tmp_path / "cell"
+    out.mkdir()
+    exp = store.experiment_id("placeholder")
+    parent = store.create_run(exp, "sweep", {tracking.KIND_TAG: "sweep"})
+    placeholder = store.create_run(exp, "tiny-fr5-vgid", {"method": "vgid"}, parent_id=parent, status="SCHEDULED",
+                                   start_time=time.time() - 3600)  # submitted an hour before the job started
+    tracking.write_run_id(out, placeholder)
+    cfg = load_run_config("tiny", [f"output_dir={out}"])
+    run_id, resumed = tracking.start_or_resume(store, cfg, model="tiny", experiment="placeholder",
+                                               start_time=time.time(), log=lambda *_: None)
+    run = store.get_run(run_id)
+    assert run_id != placeholder and not resumed and tracking.read_run_id(out) == run_id
+    assert store.get_run(placeholder) is None  # deleted: the sweep shows one run per cell
+    assert run.data.tags[tracking.PARENT_TAG] == parent and run.info.run_name == "tiny-fr5-vgid"
+    assert time.time() * 1000 - run.info.start_time < 60_000
 
 
 def test_a_finished_output_dir_is_recorded_without_training(store, tmp_path):
@@ -103,11 +129,36 @@ def test_a_finished_output_dir_is_recorded_without_training(store, tmp_path):
     (out / "train_log.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2)))
     (out / "eval.json").write_text(json.dumps({"forget": {"gen_rougeL": 0.2}, "retain": {"gen_rougeL": 0.6}}))
     (out / "DONE").write_text("{}")
+    (out / "metrics.json").write_text(json.dumps({"train_seconds": 120.0}))
+    (out / "DONE").write_text(json.dumps({"finished": 1_700_000_000.0}))
     run_id = tracking.import_finished_output(store, out, experiment="import", model="tiny")
     run = store.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["forget/gen_rougeL"] == 0.2
     assert [m.value for m in store.client.get_metric_history(run_id, "train/loss")] == [1.0, 0.5]
     assert {a.path for a in store.client.list_artifacts(run_id)} >= {"config.yaml", "table3.md", "eval"}
+    # The run lasts what the training lasted, ending when DONE was written (not when it was recorded).
+    assert (run.info.start_time, run.info.end_time) == (1_699_999_880_000, 1_700_000_000_000)
+
+
+def test_vgid_track_completes_a_run_whose_tracking_was_lost(store, tmp_path):
+    import json
+
+    import yaml
+
+    out = tmp_path / "lost"
+    out.mkdir()
+    cfg = load_run_config("tiny", [f"output_dir={out}"])
+    run_id, _ = tracking.start_or_resume(store, cfg, model="tiny", experiment="lost", log=lambda *_: None)
+    store.log_steps(run_id, {s: {"train/loss": 1.0 / s} for s in (1, 2, 3)})  # sent before the store went away
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (out / "train_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)))
+    (out / "DONE").write_text(json.dumps({"finished": time.time()}))
+    again, uri = tracking.record_output(out, uri=store.uri)
+    assert (again, uri) == (run_id, store.uri)
+    assert [m.step for m in store.client.get_metric_history(run_id, "train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert store.status(run_id) == "FINISHED"
+    assert tracking.record_output(out, uri=store.uri)[0] == run_id  # finished: left alone
+    assert len(store.client.get_metric_history(run_id, "train/loss")) == 6
 
 
 def _run(run_id, method, ratio, metrics, *, seed="42", start=0, status="FINISHED", kind="train"):

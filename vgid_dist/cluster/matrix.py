@@ -215,7 +215,7 @@ def load_matrix(name_or_path: str) -> tuple[Matrix, Path]:
     try:
         return Matrix.model_validate(data), path
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path), Matrix)) from None
 
 
 def merge_resources(*levels: Resources) -> dict[str, Any]:

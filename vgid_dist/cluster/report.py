@@ -22,6 +22,7 @@ from typing import Any
 from vgid_dist.errors import TrackingError
 from vgid_dist.eval.report import table3_markdown, table6_markdown, tradeoff_figure
 from vgid_dist.tracking import KIND_TAG, RunRecord, Tracker
+from vgid_dist.tracking.names import COUNT_KEY
 from vgid_dist.vocab import METRICS, SPLITS
 
 # Table 3's row order in the paper; other methods follow alphabetically.
@@ -32,34 +33,58 @@ PLAIN = ""  # the evaluation without attack
 
 def parse_eval_key(key: str) -> tuple[str, str, str] | None:
     """``forget/gen_rougeL`` -> ("", "forget", "gen_rougeL"); ``reverse/forget/gen_rougeL`` -> ("reverse",
-    "forget", "gen_rougeL"); per-question-type keys (``forget/Pure_Text/...``) and others -> None."""
+    "forget", "gen_rougeL"); a question count (``forget/count/gen_rougeL``, ``reverse/forget/count/...``) ->
+    the same with the metric ``count/gen_rougeL``; per-question-type keys (``forget/Pure_Text/...``) and others
+    -> None."""
     parts = key.split("/")
-    if len(parts) == 2 and parts[0] in SPLITS:
-        return PLAIN, parts[0], parts[1]
-    if len(parts) == 3 and parts[0] not in SPLITS and parts[0] != "train" and parts[1] in SPLITS:
-        return parts[0], parts[1], parts[2]
+    attack = PLAIN if parts[0] in SPLITS else parts[0]
+    rest = parts if attack == PLAIN else parts[1:]
+    if attack == "train" or not rest or rest[0] not in SPLITS:
+        return None
+    if len(rest) == 2:
+        return attack, rest[0], rest[1]
+    if len(rest) == 3 and rest[1] == COUNT_KEY:
+        return attack, rest[0], f"{COUNT_KEY}/{rest[2]}"
     return None
 
 
+def _put(results: dict, split: str, metric: str, value: float) -> None:
+    """A score into ``results[split]``, a question count (``count/<metric>``) into ``results["counts"][split]``."""
+    if metric.startswith(f"{COUNT_KEY}/"):
+        results.setdefault("counts", {}).setdefault(split, {})[metric.split("/", 1)[1]] = int(value)
+    else:
+        results.setdefault(split, {})[metric] = value
+
+
 def _nest(metrics: dict[str, float]) -> dict[str, dict[str, dict[str, float]]]:
-    """{attack: {split: {metric: value}}} of one run's evaluation metrics."""
-    out: dict = defaultdict(lambda: defaultdict(dict))
+    """{attack: {split: {metric: value}, "counts": {split: {metric: n}}}} of one run's evaluation metrics."""
+    out: dict = defaultdict(dict)
     for key, value in metrics.items():
         parsed = parse_eval_key(key)
         if parsed is not None:
             attack, split, metric = parsed
-            out[attack][split][metric] = value
-    return {a: dict(s) for a, s in out.items()}
+            _put(out[attack], split, metric, value)
+    return dict(out)
 
 
 def _mean(results: list[dict]) -> dict:
-    """Element-wise mean of {split: {metric: value}} dicts (seeds of one cell)."""
+    """Element-wise mean of {split: {metric: value}} dicts (seeds of one cell); the question counts of the
+    seeds are summed (the mean is over all of them)."""
     acc: dict = defaultdict(lambda: defaultdict(list))
+    counts: dict = defaultdict(lambda: defaultdict(int))
     for res in results:
         for split, metrics in res.items():
+            if split == "counts":
+                for count_split, per_metric in metrics.items():
+                    for metric, n in per_metric.items():
+                        counts[count_split][metric] += n
+                continue
             for metric, value in metrics.items():
                 acc[split][metric].append(value)
-    return {s: {m: sum(v) / len(v) for m, v in ms.items()} for s, ms in acc.items()}
+    out: dict = {s: {m: sum(v) / len(v) for m, v in ms.items()} for s, ms in acc.items()}
+    if counts:
+        out["counts"] = {s: dict(ms) for s, ms in counts.items()}
+    return out
 
 
 def collect(runs: list[RunRecord]) -> dict[tuple[str, int], dict[str, dict[str, dict]]]:
@@ -87,17 +112,13 @@ def collect(runs: list[RunRecord]) -> dict[tuple[str, int], dict[str, dict[str, 
     for run in parents:
         for key, value in run.metrics.items():
             parts = key.split("/")
-            if parts[0] != "ref" or len(parts) not in (6, 7) or not parts[2].startswith("fr"):
+            if parts[0] != "ref" or len(parts) < 6 or not parts[2].startswith("fr"):
                 continue
-            model, ratio, name = parts[1], int(parts[2][2:]), parts[3]
-            if len(parts) == 6:
-                attack, split, metric = PLAIN, parts[4], parts[5]
-            elif parts[4] in SPLITS:
-                continue  # a per-question-type value
-            else:
-                attack, split, metric = parts[4], parts[5], parts[6]
-            if split in SPLITS:
-                table[(model, ratio)][attack].setdefault(name, {}).setdefault(split, {})[metric] = value
+            parsed = parse_eval_key("/".join(parts[4:]))
+            if parsed is not None:
+                model, ratio, name = parts[1], int(parts[2][2:]), parts[3]
+                attack, split, metric = parsed
+                _put(table[(model, ratio)][attack].setdefault(name, {}), split, metric, value)
     return {k: {a: dict(rows) for a, rows in v.items()} for k, v in table.items()}
 
 

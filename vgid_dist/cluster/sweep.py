@@ -316,10 +316,22 @@ def _settle(tracker, jobs: dict[str, Any], outcomes: dict[str, str], record: dic
             continue
         failed.append(name)
         log(f"[sweep] {name} failed: {error}; logs in {job.paths.stdout.parent}")
-        run_id = record[name].get("run_id")
+        run_id = _current_run_id(record[name])
         if tracker is not None and run_id and tracker.status(run_id) in ("RUNNING", "SCHEDULED"):
             tracker.set_status(run_id, "FAILED")
     return failed
+
+
+def _current_run_id(entry: dict) -> str | None:
+    """A cell's run id as its job left it in the output_dir (the job replaces the placeholder created at
+    submission by a run that starts with it), else the one recorded at submission."""
+    from vgid_dist import tracking
+
+    folder = entry.get("output_dir")
+    run_id = tracking.read_run_id(Path(folder)) if folder else None
+    if run_id:
+        entry["run_id"] = run_id
+    return entry.get("run_id")
 
 
 def _parent_run(tracker, exp_id: str, plan: SweepPlan) -> str:
@@ -386,6 +398,15 @@ def _report_into_parent(tracker, plan: SweepPlan, parent_id: str, log) -> None:
         log(f"[sweep] warning: the report could not be written: {exc}")
         return
     tracker.log_files(parent_id, written, "report")
+    # Each finished cell gets the trade-off figure of its model and forget ratio (its method beside the base
+    # model and the other methods): an evaluated run's artifacts hold it.
+    from vgid_dist import tracking
+
+    for cell in plan.cells:
+        figure = plan.root / "report" / f"tradeoff-{cell.model}-fr{cell.forget_ratio}.png"
+        run_id = tracking.read_run_id(cell.output_dir)
+        if figure.is_file() and run_id and tracker.status(run_id) == "FINISHED":
+            tracker.log_file_as(run_id, figure, "tradeoff.png")
     log(f"[sweep] report: {plan.root / 'report'}")
 
 

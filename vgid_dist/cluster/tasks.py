@@ -176,13 +176,12 @@ class ReferenceTask:
         in one process; the other ranks wait for it (no process group exists yet to wait on)."""
         import time
 
-        from vgid_dist.config.method_params import MllmEraserParams
-        from vgid_dist.eval.steering import build_steering_file
+        from vgid_dist.eval.steering import build_steering_file, steering_params
 
         path = Path(self.folder) / "mllmeraser.safetensors"
         if rank == 0 and not path.is_file():
             # Steering.save writes a temporary file and renames it: the other ranks never see a partial one.
-            build_steering_file(cfg.model.path, cfg.data.root, self.forget_ratio, path, MllmEraserParams(),
+            build_steering_file(cfg.model.path, cfg.data.root, self.forget_ratio, path, steering_params(),
                                 seed=cfg.optim.seed, batch_size=cfg.eval.batch_size, dtype=cfg.model.dtype)
         deadline = time.monotonic() + wait_s
         while not path.is_file():

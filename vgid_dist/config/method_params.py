@@ -5,11 +5,11 @@ loads. ``METHOD_PARAMS`` is the name -> model registry; ``vgid_dist.methods.REGI
 
 from __future__ import annotations
 
-import difflib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vgid_dist.errors import did_you_mean
 from vgid_dist.prompts import DEFAULT_REFUSALS
 from vgid_dist.vocab import InstructionStyle, Perturbation
 
@@ -193,7 +193,5 @@ def method_params_model(name: str) -> type[MethodParams]:
     try:
         return METHOD_PARAMS[name]
     except KeyError:
-        close = difflib.get_close_matches(str(name), METHOD_PARAMS, n=2, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise KeyError(f"method.name: unknown method {name!r}{hint} (known methods: "
+        raise KeyError(f"method.name: unknown method {name!r}{did_you_mean(name, METHOD_PARAMS)} (known methods: "
                        f"{', '.join(sorted(METHOD_PARAMS))})") from None

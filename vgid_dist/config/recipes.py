@@ -9,7 +9,6 @@ A run is read once (``load_run_config``), then passed down.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -21,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from vgid_dist.config.run import RunConfig, format_validation_error
-from vgid_dist.errors import ConfigError
+from vgid_dist.errors import ConfigError, did_you_mean
 from vgid_dist.io import read_utf8
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -65,8 +64,7 @@ def packaged_file(name_or_path: str, folder: Path, suffixes: tuple[str, ...], wh
     if packaged.is_file():
         return packaged
     known = sorted(q.stem for q in folder.glob(f"*{suffixes[0]}"))
-    close = difflib.get_close_matches(name_or_path, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    hint = did_you_mean(name_or_path, known, cutoff=0.5)
     raise ConfigError(f"{what} {name_or_path!r}: neither a {suffixes[0]} file nor a packaged {what}{hint} "
                       f"(known: {', '.join(known)})")
 
@@ -203,7 +201,7 @@ def build_run_config(data: dict, source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(_expand_env(data))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, RunConfig)) from None
 
 
 def load_run_config(config: str, overrides: Iterable[str] = ()) -> RunConfig:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vgid_dist.config.method_params import method_params_model
-from vgid_dist.errors import ConfigError
+from vgid_dist.errors import ConfigError, close_names, did_you_mean
 from vgid_dist.vocab import SPLITS, ForgetRatio, InstructionStyle, McMode, Protocol, Split
 
 
@@ -142,7 +142,7 @@ class EvalOptions(EvalSettings):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from None
+            raise ConfigError(format_validation_error(exc, source, cls)) from None
 
     @classmethod
     def for_run(cls, cfg: RunConfig, **values: Any) -> EvalOptions:
@@ -182,7 +182,9 @@ class RunConfig(StrictModel):
     done; false: removed after DONE (the optimiser state is 12 bytes per trained parameter)."""
     ds_config: str = "zero3"
     """A DeepSpeed JSON path, or the name of a packaged one: zero3, zero3_offload, zero2."""
-    log_every: int = Field(1, gt=0)
+    log_every: int | None = Field(None, gt=0)
+    """Print one line every N optimiser steps (loss terms, lr, samples/s, ETA). None: a progress bar per run on a
+    terminal, a line at every tenth of the run elsewhere. ``train_log.jsonl`` holds every step either way."""
     dist_timeout_s: int = Field(1800, gt=0)
     """Process-group timeout: a stuck collective raises after this many seconds instead of idling."""
     max_consecutive_nonfinite: int = Field(3, gt=0)
@@ -204,7 +206,8 @@ class RunConfig(StrictModel):
         except KeyError as exc:  # unknown method name; the message lists the known ones
             raise ValueError(exc.args[0]) from None
         except ValidationError as exc:
-            raise ValueError("; ".join(_describe(err, prefix="method.") for err in exc.errors())) from None
+            model = method_params_model(method.name)
+            raise ValueError("; ".join(_describe(err, prefix="method.", model=model) for err in exc.errors())) from None
         return method
 
     @model_validator(mode="after")
@@ -220,11 +223,48 @@ class RunConfig(StrictModel):
         return Path(self.output_dir.replace("${method.name}", self.method.name)).expanduser()
 
 
-def _describe(err: dict, prefix: str = "") -> str:
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (``LoraConfig | None`` -> LoraConfig), or None for a plain value."""
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _leaf_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted field path of ``model``: ``optim.lr``, ``model.lora.r``, ..."""
+    out = []
+    for name, field in model.model_fields.items():
+        inner = _section_model(field.annotation)
+        out += _leaf_paths(inner, f"{prefix}{name}.") if inner else [f"{prefix}{name}"]
+    return out
+
+
+def unknown_key_hint(model: type[BaseModel], loc: tuple, prefix: str = "") -> str:
+    """``; did you mean optim.lr?`` for an unknown key at ``loc`` inside ``model``: the closest keys of the
+    same section, else the fields anywhere in the model whose own name is close (``lrr`` -> ``optim.lr``)."""
+    section, path = model, prefix
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        section = _section_model(field.annotation) if field else None
+        if section is None:
+            return ""
+        path += f"{part}."
+    key = str(loc[-1])
+    if close_names(key, section.model_fields):
+        return did_you_mean(key, section.model_fields, prefix=path)
+    by_name: dict[str, list[str]] = {}
+    for leaf in _leaf_paths(model):
+        by_name.setdefault(leaf.rsplit(".", 1)[-1], []).append(prefix + leaf)
+    close = [leaf for name in close_names(key, by_name) for leaf in by_name[name]]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _describe(err: dict, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     loc = prefix + ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + (unknown_key_hint(model, err["loc"], prefix) if model else "")
     elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
         msg = f"expected one of {err['ctx']['expected']}, got {err['input']!r}"
     elif err["type"] == "value_error":
@@ -236,7 +276,9 @@ def _describe(err: dict, prefix: str = "") -> str:
     return f"{loc or '(top level)'}: {msg}"
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """``source: invalid configuration`` and one line per error; with ``model`` (what was validated), an
+    unknown key names the closest known ones."""
     lines = [f"{source}: invalid configuration"]
-    lines += [f"  {_describe(err)}" for err in exc.errors()]
+    lines += [f"  {_describe(err, model=model)}" for err in exc.errors()]
     return "\n".join(lines)

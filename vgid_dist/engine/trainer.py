@@ -54,17 +54,24 @@ from vgid_dist.methods import build_method
 from vgid_dist.models import load_adapter
 from vgid_dist.models.base import check_model_weights
 from vgid_dist.models.lora import apply_lora
+from vgid_dist.progress import Progress, format_duration
+
+# Per-step values that are not loss terms (left out of the printed step line and the progress bar's postfix).
+NOT_LOSS_TERMS = ("lr", "samples_per_s", "step_time_s", "epoch", "grad_norm", "truncated_answers",
+                  "nonfinite_skipped", "tokens_per_s", "mfu", "peak_mem_gib")
+
+
+def loss_terms(metrics: dict[str, float]) -> str:
+    """``loss 0.0496 | forget_kl 0.0369 | retain_kl 0.0127``: the loss, then its terms, of one step."""
+    terms = sorted((k for k in metrics if k not in NOT_LOSS_TERMS and not k.startswith("tokens/")),
+                   key=lambda k: (k != "loss", k))
+    return " | ".join(f"{k} {metrics[k]:.4f}" for k in terms)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Trainer:
@@ -91,10 +98,14 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self.nonfinite = NonFiniteGuard(cfg.max_consecutive_nonfinite)
         self.phase = "setup"
+        self.progress: Progress | None = None
 
     def log(self, message: str) -> None:
         if self.strategy.is_main:
-            print(message, flush=True)
+            if self.progress is not None:
+                self.progress.write(message)  # above the progress bar, which stays whole
+            else:
+                print(message, flush=True)
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -319,10 +330,15 @@ class Trainer:
         start = time.perf_counter()
         samples_per_step = cfg.optim.batch_size * (2 if self.retain else 1)
         signals = StopSignals()
+        # Without log_every: the phase's progress (a bar on a terminal, a line per tenth of the run elsewhere).
+        self.progress = Progress(self.total_steps, f"train {cfg.method.name}", unit="step", initial=self.start_step,
+                                 enabled=self.strategy.is_main and cfg.log_every is None)
         try:
             self._train_loop(start, samples_per_step, signals)
         finally:
             signals.close()
+            self.progress.close()
+            self.progress = None
 
     def _train_loop(self, start: float, samples_per_step: int, signals) -> None:
         cfg = self.cfg
@@ -338,6 +354,7 @@ class Trainer:
             if metrics is None:
                 self.log(f"step {done}/{self.total_steps} | skipped: non-finite loss on some rank "
                          f"({self.nonfinite.consecutive} in a row, {self.nonfinite.total} in all)")
+                self.progress.update(1)
                 self.notify("on_step", done, {"nonfinite_skipped": float(self.nonfinite.total)})
                 if self.nonfinite.exhausted:
                     path = self.checkpoint(done, last, time.perf_counter() - start)
@@ -356,16 +373,9 @@ class Trainer:
             metrics.update(throughput)
             metrics["epoch"] = self.sampler.epoch_of(step)
             last = metrics
-            if self.strategy.is_main and (done % cfg.log_every == 0 or done == self.total_steps):
-                eta = (time.perf_counter() - start) / (done - self.start_step) * (self.total_steps - done)
-                terms = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                   if k not in ("lr", "samples_per_s", "step_time_s", "epoch", "grad_norm",
-                                                "truncated_answers", "nonfinite_skipped", "tokens_per_s", "mfu",
-                                                "peak_mem_gib")
-                                   and not k.startswith("tokens/"))
-                print(f"step {done}/{self.total_steps} | {terms} | lr {metrics['lr']:.2e} | "
-                      f"{metrics['samples_per_s']:.1f} samples/s | eta {format_duration(eta)}", flush=True)
-                self.step_log.append(done, metrics)
+            if self.strategy.is_main:
+                self.step_log.append(done, metrics)  # every step, whatever is printed
+                self.print_step(done, metrics, start)
             self.notify("on_step", done, metrics)
             # One small all-reduce per step: a signal seen by any rank stops every rank at the same step.
             if self.strategy.any_rank(signals.requested):
@@ -385,6 +395,17 @@ class Trainer:
                         "nonfinite_skipped": self.nonfinite.total, "resumed_from": self.start_step,
                         "trainable_params": self.trainable_params, "calibration": self.calibration,
                         "final": last or {}}
+
+    def print_step(self, done: int, metrics: dict[str, float], start: float) -> None:
+        """With ``log_every``: one line every ``log_every`` steps and at the last; else the progress shows the
+        step and the loss terms."""
+        every = self.cfg.log_every
+        if every is None:
+            self.progress.update(1, postfix=loss_terms(metrics).replace(" | ", ", "))
+        elif done % every == 0 or done == self.total_steps:
+            eta = (time.perf_counter() - start) / (done - self.start_step) * (self.total_steps - done)
+            print(f"step {done}/{self.total_steps} | {loss_terms(metrics)} | lr {metrics['lr']:.2e} | "
+                  f"{metrics['samples_per_s']:.1f} samples/s | eta {format_duration(eta)}", flush=True)
 
     # -- finish ---------------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from vgid_dist.errors import DataError
 from vgid_dist.eval import prompting
 from vgid_dist.eval.items import EvalItem
 from vgid_dist.eval.metrics import bleu, classification_correct, cloze_correct, official_reply, rouge_l
+from vgid_dist.progress import Progress
 
 LENIENT_METRIC = "class_acc_lenient"
 LOGITS_METRIC = "class_acc_logits"
@@ -197,8 +198,6 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     With ``opts.mc_mode == "logits"`` (``logprobs`` required) the classification items are also scored by
     the option letters' log-probabilities: one forward call per batch, batches planned like generation ones,
     so every rank runs the same number of forward calls of the same modality."""
-    from tqdm import tqdm
-
     adapter = collator.adapter
     tokenizer = adapter.tokenizer
     encoder = PromptEncoder(adapter, opts)
@@ -214,9 +213,8 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     choices: dict[str, str] = {}
     mine: dict[str, EvalItem] = {}
     # rank 0 shows its own share: every rank runs the same number of batches, so its ETA is the job's
-    bar = tqdm(total=sum(len(b.items) for b in batches + mc_batches), unit="q",
-               desc="eval" if world == 1 else f"eval (rank 0 of {world})",
-               disable=not (progress and rank == 0), dynamic_ncols=True, mininterval=1.0)
+    bar = Progress(sum(len(b.items) for b in batches + mc_batches),
+                   "eval" if world == 1 else f"eval (rank 0 of {world})", unit="q", enabled=progress and rank == 0)
     for batch in batches:
         encoded, asked, _ = encoder.encode_batch(batch, errors)
         mine.update((it.uid, it) for it in batch.items if it is not None)
@@ -257,14 +255,33 @@ def generate_predictions(items: list[EvalItem], collator: Collator, generate: Ge
     return [Prediction(it, replies.get(uid), errors.get(uid), choices.get(uid)) for uid, it in mine.items()]
 
 
-def score(predictions: list[Prediction], splits=None, protocol: str = "official") -> dict:
-    """``{split: {metric: value}}`` plus ``by_type``, ``counts`` and ``skipped``.
+def item_values(p: Prediction, protocol: str = "official") -> dict[str, float]:
+    """The metrics of one answered question (``p.reply`` not None): classification ``class_acc`` (and the
+    lenient and logits readings), cloze ``cloze_acc``, every other task ``gen_rougeL`` and ``gen_bleu``."""
+    it = p.item
+    if it.task == "classification":
+        values = {"class_acc": float(classification_correct(p.reply, it.ground_truth,
+                                                            lenient=protocol == "zero-shot")),
+                  LENIENT_METRIC: float(classification_correct(p.reply, it.ground_truth, lenient=True))}
+        if p.choice_logits is not None:
+            values[LOGITS_METRIC] = float(p.choice_logits == it.ground_truth)
+        return values
+    if it.task == "cloze":
+        return {"cloze_acc": float(cloze_correct(p.reply, it.ground_truth))}
+    return {"gen_rougeL": rouge_l(p.reply, it.ground_truth), "gen_bleu": bleu(p.reply, it.ground_truth)}
+
+
+def score(predictions: list[Prediction], splits=None, protocol: str = "official", *,
+          extra: Callable[[Prediction], dict[str, float]] | None = None) -> dict:
+    """``{split: {metric: value}}`` plus ``by_type``, ``counts`` (questions scored per split and metric),
+    ``by_type_counts`` and ``skipped``.
 
     ``class_acc`` reads the reply's first character under the official protocol, its first alphanumeric one
     under ``zero-shot``; ``class_acc_lenient`` always reads the first alphanumeric one. A split's combined value
     is the mean over every scored question of that task in the split (not the mean of the two question-type
     means); ``by_type`` holds the means per question type (the official evaluator's figures, as fractions).
     Metrics of a task with no question are absent; a requested split with no question at all is ``{}``.
+    ``extra(prediction)``: more metrics of one answered question (fact recall on a user's own data).
     """
     per: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (split, type|"all", metric) -> values
     skipped: dict[str, int] = {s: 0 for s in splits or ()}
@@ -273,22 +290,14 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
         if p.reply is None:
             skipped[it.split] = skipped.get(it.split, 0) + 1
             continue
-        if it.task == "classification":
-            values = {"class_acc": float(classification_correct(p.reply, it.ground_truth,
-                                                                lenient=protocol == "zero-shot")),
-                      LENIENT_METRIC: float(classification_correct(p.reply, it.ground_truth, lenient=True))}
-            if p.choice_logits is not None:
-                values[LOGITS_METRIC] = float(p.choice_logits == it.ground_truth)
-        elif it.task == "cloze":
-            values = {"cloze_acc": float(cloze_correct(p.reply, it.ground_truth))}
-        else:
-            values = {"gen_rougeL": rouge_l(p.reply, it.ground_truth), "gen_bleu": bleu(p.reply, it.ground_truth)}
+        values = item_values(p, protocol) | (extra(p) if extra is not None else {})
         for metric, v in values.items():
             per[(it.split, "all", metric)].append(v)
             per[(it.split, it.qtype, metric)].append(v)
     results: dict = {s: {} for s in splits or ()}
     by_type: dict = defaultdict(lambda: defaultdict(dict))
     counts: dict = {s: {} for s in splits or ()}
+    type_counts: dict = defaultdict(lambda: defaultdict(dict))
     for (split, qtype, metric), values in sorted(per.items()):
         mean = sum(values) / len(values)
         if qtype == "all":
@@ -296,8 +305,10 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
             counts.setdefault(split, {})[metric] = len(values)
         else:
             by_type[split][qtype][metric] = mean
+            type_counts[split][qtype][metric] = len(values)
     results["by_type"] = {s: dict(t) for s, t in by_type.items()}
     results["counts"] = counts
+    results["by_type_counts"] = {s: dict(t) for s, t in type_counts.items()}
     results["skipped"] = skipped
     return results
 

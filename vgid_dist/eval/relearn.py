@@ -59,9 +59,10 @@ def split_forget_profiles(profile_ids: list[str], subset: float, seed: int) -> R
     return RelearnPlan(tuple(attacked), tuple(held_out))
 
 
-def check_disjoint(train_samples, eval_items) -> None:
-    """Raises RelearnError when a scored question belongs to a profile whose pairs the attack fits."""
-    fitted = {s.profile_id for s in train_samples}
+def check_disjoint(train_samples, eval_items, key: str = "profile_id") -> None:
+    """Raises RelearnError when a scored question belongs to a profile whose pairs the attack fits (``key``:
+    the attribute naming a training pair's profile)."""
+    fitted = {getattr(s, key) for s in train_samples}
     scored = {it.profile_id for it in eval_items}
     overlap = sorted(fitted & scored)
     if overlap:
@@ -83,6 +84,10 @@ def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, tra
              if it.profile_id in held]
     check_disjoint(train, items)
     return plan, train, items
+
+
+NOT_SPLITS = ("by_type", "counts", "skipped", "meta", "by_person")
+"""Keys of a results dict that are not splits."""
 
 
 def recovery(before: dict, after: dict, split: str = "forget") -> dict[str, float]:
@@ -131,32 +136,75 @@ def run_relearn(model: str, data_root: str, forget_ratio: int, steps: int, subse
     rank 0, {} on the other ranks of a distributed run. ``callbacks`` go to the fine-tuning run (tracking)."""
     if steps < 1:
         raise RelearnError(f"--steps {steps}: expected >= 1")
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     opts = opts or EvalOptions(seed=seed)
     plan, train_pairs, items = plan_attack(data_root, forget_ratio, subset, seed, protocol=opts.protocol)
     # Validated before the first evaluation: a bad override costs seconds, not an evaluation.
     cfg = attack_config(config, list(overrides or []), model=model, data_root=data_root, forget_ratio=forget_ratio,
-                        attacked=plan.attacked, steps=steps, seed=seed, out=out / "attack", lora=lora, lr=lr,
-                        batch_size=batch_size)
+                        attacked=plan.attacked, steps=steps, seed=seed, out=Path(out).expanduser() / "attack",
+                        lora=lora, lr=lr, batch_size=batch_size)
+    held = set(plan.held_out)
+
+    def evaluate(model_path: str, out_file: Path) -> dict | None:
+        return evaluate_model(model_path, data_root, forget_ratio, out_file, opts=opts, splits=("forget",),
+                              profiles=held)
+
+    return relearn_attack(model, out, plan, cfg, evaluate, scored=len(items), train_pairs=len(train_pairs),
+                          record={"steps": steps, "subset": subset, "lora": lora, "steer": opts.steer, "seed": seed},
+                          force=force, callbacks=callbacks)
+
+
+def relearn_attack(model: str, out: str | Path, plan: RelearnPlan, cfg: RunConfig, evaluate, *, scored: int,
+                   train_pairs: int, record: dict, force: bool = False, callbacks: list | tuple = ()) -> dict:
+    """Steps 2-4 of the attack, whatever the data's layout: ``evaluate(model folder, results file)`` scores the
+    held-out profiles (results on rank 0, None elsewhere) before and after ``cfg``'s fine-tuning. ``record``
+    (the attack's settings) goes into ``relearn.json`` with the plan, the scores and ``recovery`` (forget split)."""
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:  # every rank plans the same split; one writes it
         write_json_atomic(out / "plan.json", {"attacked": plan.attacked, "held_out": plan.held_out,
-                                              "train_pairs": len(train_pairs), "scored_questions": len(items),
-                                              "subset": subset, "seed": seed})
-    print(f"[relearn] {len(plan.attacked)} forget profiles attacked ({len(train_pairs)} pairs), {len(plan.held_out)} "
-          f"held out ({len(items)} questions scored)", flush=True)
-    held = set(plan.held_out)
-    before = evaluate_model(model, data_root, forget_ratio, out / "before.json", opts=opts, splits=("forget",),
-                            profiles=held)
+                                              "train_pairs": train_pairs, "scored_questions": scored,
+                                              "subset": record.get("subset"), "seed": record.get("seed")})
+    print(f"[relearn] {len(plan.attacked)} forget profiles attacked ({train_pairs} pairs), {len(plan.held_out)} "
+          f"held out ({scored} questions scored)", flush=True)
+    before = evaluate(model, out / "before.json")
     train(cfg, force=force, callbacks=callbacks)
-    attacked_model = out / "attack" / "model"
-    after = evaluate_model(str(attacked_model), data_root, forget_ratio, out / "after.json", opts=opts,
-                           splits=("forget",), profiles=held)
+    after = evaluate(str(out / "attack" / "model"), out / "after.json")
     if before is None or after is None:
         return {}  # ranks other than 0 of a distributed run: the results are gathered on rank 0
-    result = {"model": str(model), "plan": {"attacked": plan.attacked, "held_out": plan.held_out},
-              "steps": steps, "subset": subset, "lora": lora, "steer": opts.steer,
-              "before": {"forget": before["forget"]}, "after": {"forget": after["forget"]},
+    splits = [s for s in before if s in after and isinstance(before[s], dict) and s not in NOT_SPLITS]
+    result = {"model": str(model), "plan": {"attacked": plan.attacked, "held_out": plan.held_out}, **record,
+              "before": {s: before[s] for s in splits}, "after": {s: after[s] for s in splits},
               "recovery": recovery(before, after)}
     write_json_atomic(out / "relearn.json", result)
     return result
+
+
+def run_people_relearn(model: str, people, steps: int, subset: float, out: str | Path, *, config: str,
+                       overrides: list[str] = (), lora: bool = False, lr: float | None = None, seed: int = 0,
+                       opts=None, force: bool = False, callbacks: list | tuple = ()) -> dict:
+    """The attack on a people folder (``data.people.People``): the forget file's people are split as above,
+    the attacked ones' forget pairs fitted (``config`` with ``overrides``, reading the folder as JSONL), the
+    held-out ones' forget pairs and forget probes scored before and after."""
+    from vgid_dist.eval.people import evaluate_people, people_items
+
+    if steps < 1:
+        raise RelearnError(f"relearning attack: {steps} steps; expected >= 1")
+    opts = opts or EvalOptions(seed=seed)
+    plan = split_forget_profiles(people.ids["forget"], subset, seed)
+    attacked, held = set(plan.attacked), set(plan.held_out)
+    splits = tuple(s for s in ("forget", "forget_probes") if s in people.splits)
+    pairs = [q for q in people.questions if q.split == "forget" and q.person in attacked]
+    items, _ = people_items(people, splits, held)
+    check_disjoint(pairs, items, key="person")
+    cfg = attack_config(config, ["data.format=jsonl", *overrides], model=model, data_root=str(people.root),
+                        forget_ratio=5, attacked=plan.attacked, steps=steps, seed=seed,
+                        out=Path(out).expanduser() / "attack", lora=lora, lr=lr, batch_size=None)
+
+    def evaluate(model_path: str, out_file: Path) -> dict | None:
+        return evaluate_people(model_path, people.root, out_file, opts=opts, splits=splits, persons=held,
+                               people=people, dtype=cfg.model.dtype, attention=cfg.model.attention,
+                               progress=False)
+
+    return relearn_attack(model, out, plan, cfg, evaluate, scored=len(items), train_pairs=len(pairs),
+                          record={"steps": steps, "subset": subset, "lora": lora, "seed": seed},
+                          force=force, callbacks=callbacks)

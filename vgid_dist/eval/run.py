@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,9 +33,22 @@ def build_items(bench: MLLMUBench, forget_ratio: int, splits=SPLITS, seed: int =
         if protocol == "official" and split in EXAMPLE_SPLITS:
             ids = bench.split_ids("forget" if split == "test" else split, forget_ratio)
             examples = draw_examples(split, ids, bench.full_set(), seed)
-        for profile in profiles[:limit] if limit else profiles:
-            items.extend(items_for(profile, split, seed, protocol, examples))
+        split_items = [it for profile in (profiles[:limit] if limit else profiles)
+                       for it in items_for(profile, split, seed, protocol, examples)]
+        _warn_unscored_tasks(split, profiles, examples, split_items)
+        items.extend(split_items)
     return items
+
+
+def _warn_unscored_tasks(split: str, profiles, examples: SplitExamples, split_items: list[EvalItem]) -> None:
+    """Say when the official protocol's examples take every question of a task (a split of one or two
+    profiles): its metric is then absent from the results, which a reader would otherwise take for a bug."""
+    scored = {it.task for it in split_items}
+    for task, drawn in examples.drawn.items():
+        if task not in scored and any(getattr(p, task) for p in profiles):
+            warnings.warn(f"evaluation: the {split} split has {len(profiles)} profile(s) and the official protocol "
+                          f"shows {len(drawn)} of them as {task} examples, so no {task} question of it is scored; "
+                          f"use a split with more profiles or --protocol zero-shot", stacklevel=3)
 
 
 def examples_shown(items: list[EvalItem]) -> dict[str, dict[str, list[str]]]:
@@ -65,8 +79,9 @@ def make_logprobs_fn(module: torch.nn.Module, adapter, device: torch.device, dty
 
 def run_evaluation(items: list[EvalItem], collator: Collator, generate, opts: EvalOptions, strategy,
                    out_file: Path | None = None, progress: bool = True, *, logprobs=None, splits=SPLITS,
-                   meta: dict | None = None) -> dict | None:
-    """Generate on every rank, gather and score on rank 0; returns the results there (None elsewhere)."""
+                   meta: dict | None = None, score_fn=None) -> dict | None:
+    """Generate on every rank, gather and score on rank 0; returns the results there (None elsewhere).
+    ``score_fn(predictions, splits, protocol)``: the scoring (default the benchmark's, ``score``)."""
     t0 = time.perf_counter()
     local = generate_predictions(items, collator, generate, opts, rank=strategy.rank, world=strategy.world_size,
                                  progress=progress, logprobs=logprobs)
@@ -77,7 +92,7 @@ def run_evaluation(items: list[EvalItem], collator: Collator, generate, opts: Ev
     by_uid = {it.uid: it for it in items}
     predictions = sorted((Prediction(by_uid[uid], reply, error, choice) for part in gathered
                           for uid, reply, error, choice in part), key=lambda p: p.item.uid)
-    results = score(predictions, splits, opts.protocol)
+    results = (score_fn or score)(predictions, splits, opts.protocol)
     results["meta"] = {"questions": len(items), "seconds": time.perf_counter() - t0, "world_size": strategy.world_size,
                        "batch_size": opts.batch_size, "max_new_tokens": opts.max_new_tokens, "icu": opts.icu,
                        "attack": opts.attack, "seed": opts.seed, "protocol": opts.protocol, "mc_mode": opts.mc_mode,
@@ -142,17 +157,26 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
                    opts: EvalOptions, splits=SPLITS, dtype: str = "float32", attention: str = "auto",
                    limit: int | None = None, progress: bool = True,
                    profiles: set[str] | None = None) -> dict | None:
-    """Evaluate a model folder. One process: the plain model. Several ranks: a ZeRO-3 inference engine, work
-    sharded across ranks and gathered on rank 0. ``profiles``: only these profiles' questions."""
+    """Evaluate a model folder on an MLLMU-Bench folder (see ``evaluate_items``). ``profiles``: only these
+    profiles' questions."""
+    bench = MLLMUBench(data_root)
+    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.protocol)  # fails early on a missing split
+    if profiles is not None:
+        items = [it for it in items if it.profile_id in profiles]
+    return evaluate_items(model_path, items, out_file, opts=opts, splits=splits, dtype=dtype, attention=attention,
+                          progress=progress, meta={"data": str(data_root), "forget_ratio": forget_ratio})
+
+
+def evaluate_items(model_path: str, items: list[EvalItem], out_file: str | Path, *, opts: EvalOptions, splits,
+                   dtype: str = "float32", attention: str = "auto", progress: bool = True,
+                   meta: dict | None = None, score_fn=None) -> dict | None:
+    """Ask a model folder ``items``. One process: the plain model. Several ranks: a ZeRO-3 inference engine,
+    work sharded across ranks and gathered on rank 0 (the results there, None elsewhere)."""
     from vgid_dist.engine.runner import make_generate_fn
     from vgid_dist.engine.strategy import inference_strategy
     from vgid_dist.models import load_adapter
 
     adapter = load_adapter(model_path)
-    bench = MLLMUBench(data_root)
-    items = build_items(bench, forget_ratio, splits, opts.seed, limit, opts.protocol)  # fails early on a missing split
-    if profiles is not None:
-        items = [it for it in items if it.profile_id in profiles]
     strategy = inference_strategy(dtype=dtype, attention=attention)  # one process: no DeepSpeed, no group
     world = strategy.world_size
     try:
@@ -163,8 +187,7 @@ def evaluate_model(model_path: str, data_root: str, forget_ratio: int, out_file:
         logprobs = make_logprobs_fn(module, adapter, strategy.device, strategy.dtype)
         with steering_hooks(module, adapter, opts.steer):
             return run_evaluation(items, Collator(adapter, 10**6), generate, opts, strategy, Path(out_file),
-                                  progress, logprobs=logprobs, splits=splits,
-                                  meta={"model": str(model_path), "data": str(data_root), "forget_ratio": forget_ratio,
-                                        "steer": opts.steer})
+                                  progress, logprobs=logprobs, splits=splits, score_fn=score_fn,
+                                  meta={"model": str(model_path), **(meta or {}), "steer": opts.steer})
     finally:
         strategy.close()

@@ -37,7 +37,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import ValidationError
 
+from vgid_dist.config import format_validation_error, load_run_config, parse_override
+from vgid_dist.config.method_params import MllmEraserParams
 from vgid_dist.data.schema import Sample
 from vgid_dist.errors import ConfigError, DataError
 from vgid_dist.io import file_written_atomically
@@ -276,10 +279,36 @@ def build_steering(model, adapter, forget: list[Sample], retain: list[Sample], p
     return steering
 
 
-def build_steering_file(model_path: str, data_root: str, forget_ratio: int, out: str | Path, params, *,
-                        seed: int = 0, batch_size: int = 8, dtype: str = "float32") -> Steering:
+def steering_params(config: str | None = None, overrides: list[str] = ()) -> MllmEraserParams:
+    """MLLMEraser's parameters: the ``mllmeraser`` method section of recipe ``config`` (its defaults without
+    one), with ``key=value`` overrides (``scale=2``, ``method.layers=[15,16]``) parsed as in training recipes.
+    Raises ConfigError naming the recipe or the override."""
+    given: dict = {}
+    if config:
+        params = load_run_config(config).method.params()
+        if not isinstance(params, MllmEraserParams):
+            raise ConfigError(f"--config {config}: its method is not mllmeraser")
+        given = params.model_dump()
+    for text in overrides:
+        keys, value = parse_override(text)
+        key = ".".join(keys).removeprefix("method.")
+        if "." in key:
+            raise ConfigError(f"override {text!r}: expected a parameter of method mllmeraser (e.g. scale=2)")
+        given[key] = value
+    try:
+        return MllmEraserParams(**given)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "mllmeraser parameters"
+                                                  + (f" (overrides {' '.join(overrides)})" if overrides else ""))) \
+            from None
+
+
+def build_steering_file(model_path: str, data_root: str, forget_ratio: int, out: str | Path,
+                        params: MllmEraserParams, *, seed: int = 0, batch_size: int = 8,
+                        dtype: str = "float32") -> Steering:
     """``vgid steer build``: load the model folder (one process), build from the benchmark's training pairs
-    at ``forget_ratio``, save to ``out``."""
+    at ``forget_ratio``, save to ``out`` (written to a temporary file and renamed: a reader never sees a
+    partial one)."""
     from vgid_dist.data.mllmu import MLLMUBench
     from vgid_dist.models import load_adapter
 

@@ -20,10 +20,20 @@ DEFAULT_EXPERIMENT = "vgid"
 RUN_ID_FILE = "mlflow_run_id"
 PARENT_TAG = "mlflow.parentRunId"
 KIND_TAG = "vgid.kind"  # "train" (one per training job) or "sweep" (a sweep's parent)
+COUNT_KEY = "count"  # <split>/count/<metric>: the questions a score averages (tables print them beside it)
+
+
+SYSTEM_METRICS_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
+OFF = ("0", "off", "false", "no")
 
 
 def enabled() -> bool:
-    return os.environ.get(TRACKING_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
+    return os.environ.get(TRACKING_ENV, "on").strip().lower() not in OFF
+
+
+def system_metrics_enabled() -> bool:
+    """A training run logs MLflow's system metrics (``system/...``) unless MLflow's own switch says false."""
+    return os.environ.get(SYSTEM_METRICS_ENV, "true").strip().lower() not in OFF
 
 
 def default_store() -> Path:
@@ -50,13 +60,16 @@ def eval_metric_key(split: str, metric: str, attack: str | None = None) -> str:
 
 
 def eval_metrics(results: Mapping[str, Any], attack: str | None = None, prefix: str = "") -> dict[str, float]:
-    """``{split: {metric: v}, by_type: {split: {type: {metric: v}}}}`` -> ``{"forget/gen_rougeL": v,
-    "forget/Pure_Text/gen_rougeL": v, ...}`` (under ``<attack>/`` and ``prefix`` when given)."""
+    """``{split: {metric: v}, by_type: {split: {type: {metric: v}}}, counts: {split: {metric: n}}}`` ->
+    ``{"forget/gen_rougeL": v, "forget/Pure_Text/gen_rougeL": v, "forget/count/gen_rougeL": n, ...}`` (under
+    ``<attack>/`` and ``prefix`` when given)."""
     out: dict[str, float] = {}
     for split in SPLITS:
         for metric, value in (results.get(split) or {}).items():
             if isinstance(value, (int, float)):
                 out[prefix + eval_metric_key(split, metric, attack)] = float(value)
+        for metric, count in ((results.get("counts") or {}).get(split) or {}).items():
+            out[prefix + eval_metric_key(f"{split}/{COUNT_KEY}", metric, attack)] = float(count)
         for qtype, metrics in ((results.get("by_type") or {}).get(split) or {}).items():
             for metric, value in metrics.items():
                 if isinstance(value, (int, float)):
