@@ -75,7 +75,7 @@ class Matrix:
 
     def train(self, out: Path, *extra: str, ranks: int = 1, port: int = 29650, runner: list[str] | None = None,
               on_line=None, timeout: int = 600, env: dict | None = None) -> tuple[int, str]:
-        args = ["--ds_config", "ds_configs/zero3.json", "--config", str(self.recipe), f"output_dir={out}", *extra]
+        args = ["--ds_config", "zero3", "--config", str(self.recipe), f"output_dir={out}", *extra]
         entry = runner or ["launch/train.py"]
         if ranks == 1:
             cmd = [PY, *entry, *args]

@@ -136,7 +136,7 @@ def fault_unknown_family(m: Matrix) -> dict:
 
 def fault_ds_batch(m: Matrix) -> dict:
     ds = m.work / "bad_ds.json"
-    data = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    data = json.loads((REPO / "vgid_dist" / "recipes" / "ds" / "zero3.json").read_text())
     data["train_micro_batch_size_per_gpu"] = 8
     ds.write_text(json.dumps(data))
     rc, out = sh([PY, "launch/train.py", "--ds_config", str(ds), "--config", str(m.recipe),
