@@ -187,7 +187,8 @@ def fault_uneven(m: Matrix) -> dict:
     rc, out = m.train(m.fresh("o-uneven"), f"data.root={bench}", "max_steps=4", "optim.batch_size=2", ranks=2,
                       port=29695, timeout=400)
     ok = rc == 0 and "5 primary" in out
-    return {"outcome": f"exit {rc}: 5 forget samples, 2 ranks, batch 2: every step full on both ranks", "ok": ok,
+    said = "every step full on both ranks" if ok else last_error(out)
+    return {"outcome": f"exit {rc}: 5 forget samples, 2 ranks, batch 2: {said}", "ok": ok,
             "output_lost": rc != 0}
 
 

@@ -114,7 +114,9 @@ def fault_torn_log(m: Matrix) -> dict:
 
 def _straight_to_export(m: Matrix, out: Path, rc1: int, first: str) -> dict:
     rc2, text2 = m.train(out)
-    resumed = line_with(text2, "resumed from step").split(" (checkpoint")[0]
+    said = line_with(text2, "resumed from step")
+    resumed = said.split(" (checkpoint")[0] + ("; training is complete, exporting the model"
+                                               if said.endswith("exporting the model") else "")
     equal, diff = weights_equal(m.reference(), out) if (out / "model").is_dir() else (False, float("nan"))
     steps = train_log_steps(out)
     ok = (rc2 == 0 and "resumed from step 12/12" in resumed and "exporting the model" in resumed and equal

@@ -23,6 +23,12 @@ def test_a_folder_of_the_users_files_is_refused_naming_them(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_a_folder_rank_0_is_claiming_is_not_foreign_to_the_other_ranks(tmp_path):
+    (tmp_path / LOCK).write_text("")
+    (tmp_path / f".{MARKER}.123.tmp").write_text("{")  # the marker being written
+    RunFolder(tmp_path).check_writable()
+
+
 def test_a_claimed_folder_is_locked_until_released(tmp_path):
     out = tmp_path / "run"
     first = RunFolder(out)

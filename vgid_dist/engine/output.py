@@ -36,6 +36,7 @@ CHANGEABLE_ON_RESUME = frozenset({"output_dir", "keep_checkpoints", "save_every"
 # io.file_written_atomically (".<name>.<pid>.tmp").
 _TEMP_FOLDER = re.compile(r"\.(model|adapter)\..+")
 _TEMP_FILE = re.compile(r"\..+\.(\d+)\.tmp")
+_CLAIMING = re.compile(rf"{re.escape(LOCK)}|\.?{re.escape(MARKER)}(\.\d+\.tmp)?")
 
 
 def launch_rank() -> int:
@@ -67,7 +68,10 @@ class RunFolder:
             return
         if not out.is_dir():
             raise RunExistsError(f"{out}: output_dir is a file, not a folder")
-        foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in PRE_RUN_FILES)
+        # Rank 0 may be claiming the folder while another rank looks: its marker (or the marker's temporary file)
+        # and its lock are not foreign.
+        foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                         if p.name not in PRE_RUN_FILES and not _CLAIMING.fullmatch(p.name))
         if foreign:
             shown = ", ".join(foreign[:8]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 8 else "")
             raise RunExistsError(
