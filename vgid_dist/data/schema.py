@@ -33,7 +33,8 @@ class ImageRef:
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             # DecompressionBombError: more than twice PIL's MAX_IMAGE_PIXELS (about 179 million pixels), refused
             # from the header before any pixel is decoded.
-            raise DataError(f"{self.origin}: unreadable image ({type(exc).__name__}: {exc})") from None
+            source = f" {self.path}" if self.data is None and self.path else ""
+            raise DataError(f"{self.origin}: unreadable image{source} ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)
