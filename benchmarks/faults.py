@@ -220,7 +220,7 @@ FAULTS = {
 QUICK = ("sigterm_resume_1rank", "output_dir_user_files", "output_dir_empty", "concurrent_runs", "log_append_torn",
          "kill_in_final_export", "killed_run_leftovers", "deepspeed_layout", "decompression_bomb", "non_utf8_input",
          "invalid_values", "extends_method_string", "steer_override_typo", "mlflow_unreachable")
-"""The rows CI runs (``--quick``: about 4 minutes on 2 cores). The whole matrix (about 13 minutes) adds two
+"""The rows CI runs (``--quick``: about 3 minutes on 2 cores). The whole matrix (10-13 minutes) adds two
 ranks, a stalled collective, NaN losses, a full disk in the export, a planted pickle, the rendezvous address, 30
 large photos, an MLflow server killed mid-run and the input checks the unit tests also cover."""
 

@@ -1,7 +1,7 @@
 """The fault matrix on the tiny model (``benchmarks/faults.py --check`` fails unless every fault ends as expected).
 CI runs its quick rows: preemption-exact resume, the output folder's rules (the user's files, an empty name, three
 runs at once), whole-line log appends, a kill in the final export and what it leaves, DeepSpeed's checkpoint
-layout, hostile input, an unreachable tracking store. ``VGID_FAULTS_FULL=1`` runs the whole matrix (about 13
+layout, hostile input, an unreachable tracking store. ``VGID_FAULTS_FULL=1`` runs the whole matrix (10-13
 minutes on two cores)."""
 
 from __future__ import annotations
