@@ -1,7 +1,7 @@
 """One unlearning run. Works under ``deepspeed --num_gpus K``, ``torchrun``, Slurm (``srun``) and as plain
 ``python launch/train.py`` (a single process; rank/world/master defaults are set).
 
-    deepspeed launch/train.py --ds_config ds_configs/zero3.json --config tiny output_dir=runs/x method.alpha=2
+    deepspeed launch/train.py --ds_config zero3 --config tiny output_dir=runs/x method.alpha=2
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 # Environment (exported before sbatch; sbatch passes the environment on to the job):
 #   VGID_RECIPE        recipe name or YAML path                     (set by the job script)
 #   VGID_OVERRIDES     key=value overrides, space separated; the job's arguments are appended
-#   VGID_DS_CONFIG     DeepSpeed JSON                               (default ds_configs/zero3.json)
+#   VGID_DS_CONFIG     DeepSpeed JSON                               (default zero3: packaged; or a path)
 #   VGID_PYTHON        the Python that has vgid_dist installed      (default python3), or a command that
 #                      runs it in a container: "apptainer exec --nv vgid.sif python" (docker/README.md)
 #   VGID_REPO          the repository root                          (default the directory sbatch ran in)
@@ -21,7 +21,7 @@ set -euo pipefail
 
 : "${VGID_RECIPE:?set by the job script (slurm/vgid_7b.sh, ...) or exported before sbatch}"
 RECIPE=$VGID_RECIPE
-DS_CONFIG=${VGID_DS_CONFIG:-ds_configs/zero3.json}
+DS_CONFIG=${VGID_DS_CONFIG:-zero3}
 REPO=${VGID_REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 GRACE_S=${VGID_CKPT_GRACE_S:-240}
 read -r -a PYTHON <<<"${VGID_PYTHON:-python3}"

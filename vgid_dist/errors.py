@@ -3,8 +3,9 @@
 The command line catches ``VgidError`` alone: it prints the message (which names the file, the field and what was
 expected) and exits with ``exit_code``. Anything else is a bug and keeps its traceback.
 
-    2    the input was refused before compute was spent (configuration, data, model folder, output folder)
-    1    the run stopped on its own terms (non-finite losses, a collective that failed)
+    2    the input was refused before compute was spent (configuration, data, model folder, output folder, a
+         checkpoint that a safe load refuses)
+    1    the run stopped on its own terms (non-finite losses, a collective that failed, a full disk)
     3    the run finished but its tracking did not
     4    a deletion audit finished (and was written) but did not meet the bar ``--require`` set
     143  a stop signal arrived; the run checkpointed and the same command resumes it (128 + SIGTERM)
@@ -62,7 +63,18 @@ class RelearnError(VgidError, ValueError):
 
 
 class RunExistsError(VgidError, RuntimeError):
-    """The output folder holds a finished run (or another configuration's); never overwritten silently."""
+    """The output folder cannot take this run: it holds a finished run, another configuration's, files no run
+    wrote, or a run that is still going. Nothing in it is overwritten silently."""
+
+
+class CheckpointError(VgidError, RuntimeError):
+    """A checkpoint file that a safe load refuses (it holds more than tensors and plain data)."""
+
+
+class OutputWriteError(VgidError, RuntimeError):
+    """The run's output could not be written (a full disk); what is on disk still resumes."""
+
+    exit_code = 1
 
 
 class TrackingError(VgidError, RuntimeError):

@@ -1,5 +1,6 @@
 """Writing files and folders so that a reader (another rank, a resumed run, a user) sees the old content or the
-new one, never a part: write beside the target under a dot-name, then rename over it."""
+new one, never a part: write beside the target under a dot-name, then rename over it; appending whole lines or
+nothing; reading text that must be UTF-8, with the place of the first bad byte named."""
 
 from __future__ import annotations
 
@@ -37,6 +38,37 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any, *, sort_keys: bool = True) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=str))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (ending in a newline) to ``path`` as a whole or not at all: a write cut short (a full disk,
+    a file-size limit) is undone by truncating the file back to its size before, and the OSError goes on to the
+    caller. One writer per file (the run's lock makes the train log's writer unique)."""
+    data = memoryview(line.encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_utf8(path: Path, error: type[Exception]) -> str:
+    """The text of ``path``; bytes that are not UTF-8 raise ``error`` naming the file, the line and the byte
+    offset of the first bad byte."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: not UTF-8 text (line {line}, byte offset {exc.start}: "
+                    f"{raw[exc.start:exc.start + 1]!r})") from None
 
 
 def make_readable(folder: Path) -> None:

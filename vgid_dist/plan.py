@@ -67,8 +67,8 @@ ACTIVATION_COEFFICIENTS["float16"] = ACTIVATION_COEFFICIENTS["bfloat16"]
 # losses.fused_kl.DEFAULT_CHUNK_BYTES (accelerators): the chunk's rows are sized for one [chunk, V] fp32 buffer of this
 # many bytes; three [chunk, V] buffers in the model dtype are alive (two of logits, the gradient).
 FUSED_CHUNK_BYTES = 128 * 2**20
-REDUCE_BUCKET_ELEMENTS = 50_000_000  # ds_configs: reduce_bucket_size
-MAX_LIVE_ELEMENTS = 1_000_000_000  # ds_configs: stage3_max_live_parameters
+REDUCE_BUCKET_ELEMENTS = 50_000_000  # the packaged DeepSpeed JSON: reduce_bucket_size
+MAX_LIVE_ELEMENTS = 1_000_000_000  # the packaged DeepSpeed JSON: stage3_max_live_parameters
 SUB_GROUP_ELEMENTS = 1_000_000_000  # DeepSpeed's default sub_group_size: the optimiser steps this many at a time
 CUDA_CONTEXT_GB = 1.0  # CUDA context, cuBLAS/NCCL workspaces: outside torch's allocator
 FRAGMENTATION = 0.10  # the caching allocator's slack over the live bytes

@@ -272,7 +272,7 @@ def test_training_evaluates_every_n_steps_on_every_rank(tiny_llava, bench_dir, t
         "eval": {"every_steps": 1, "limit": 1, "max_new_tokens": 3, "splits": ["forget", "retain"]}}))
     out = tmp_path / "run"
     result = run_launcher(["deepspeed", "--num_gpus", "2", "--master_port", "29632", "launch/train.py", "--ds_config",
-                           "ds_configs/zero3.json", "--config", str(recipe), f"output_dir={out}"], timeout=420)
+                           "zero3", "--config", str(recipe), f"output_dir={out}"], timeout=420)
     assert result.returncode == 0, result.stdout[-6000:]
     for step in (1, 2):
         results = json.loads((out / f"eval_step{step}.json").read_text())

@@ -38,7 +38,7 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def train(recipe: Path, out: Path, *extra: str, ranks: int = 1, launcher: str = "deepspeed"):
     shutil.rmtree(out, ignore_errors=True)
-    args = ["launch/train.py", "--ds_config", "ds_configs/zero3.json", "--config", str(recipe), f"output_dir={out}",
+    args = ["launch/train.py", "--ds_config", "zero3", "--config", str(recipe), f"output_dir={out}",
             *extra]
     if ranks == 1:
         cmd = [PYTHON, *args]

@@ -10,7 +10,7 @@ import yaml
 
 from vgid_dist.config import RunConfig
 from vgid_dist.engine.guards import NonFiniteGuard, StopSignals, is_collective_failure
-from vgid_dist.engine.trainer import check_same_config, trim_log
+from vgid_dist.engine.output import StepLog, check_same_config
 from vgid_dist.errors import RunExistsError
 
 
@@ -54,5 +54,14 @@ def test_resuming_with_another_configuration_is_refused(tmp_path):
 def test_trim_log_keeps_the_resumed_steps(tmp_path):
     log = tmp_path / "train_log.jsonl"
     log.write_text("".join(f'{{"step": {i}, "loss": 1.0}}\n' for i in range(1, 9)))
-    trim_log(log, 5)
+    StepLog(log).trim(5)
     assert [int(line.split(":")[1].split(",")[0]) for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_trim_log_drops_a_line_cut_short(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    said = []
+    StepLog(log, said.append).trim(5)
+    assert log.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n'
+    assert "dropped 1 line(s) cut short" in said[0]

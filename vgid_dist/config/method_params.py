@@ -15,9 +15,9 @@ from vgid_dist.vocab import InstructionStyle, Perturbation
 
 
 class MethodParams(BaseModel):
-    """Base of every method's parameter model: unknown keys are errors."""
+    """Base of every method's parameter model: unknown keys are errors, and so are infinite and NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class VgidParams(MethodParams):

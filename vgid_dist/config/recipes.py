@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from vgid_dist.config.run import RunConfig, format_validation_error
 from vgid_dist.errors import ConfigError, did_you_mean
+from vgid_dist.io import read_utf8
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -81,13 +82,7 @@ def read_mapping(path: Path) -> dict:
     """A YAML file (JSON for ``.json``) whose top level is a mapping; every error names the file (an empty
     YAML file is an empty mapping)."""
     kind = "JSON" if path.suffix == ".json" else "YAML"
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: not UTF-8 text (line {line}, byte offset {exc.start}: "
-                          f"{raw[exc.start:exc.start + 1]!r})") from None
+    text = read_utf8(path, ConfigError)
     try:
         data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -154,11 +149,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = OVERRIDE_SHORTCUTS.get(key.strip(), key.strip())
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key segment")
+    return key.split("."), parse_override_value(text, raw)
+
+
+def parse_override_value(text: str, raw: str) -> Any:
+    """The value of override ``text`` parsed as YAML (numbers, booleans, lists, mappings, null). A value YAML
+    cannot read is taken as the plain string (``@tiny/model``), unless it opens a list or a mapping
+    (``scale=[1``): that is a typo, refused naming the override."""
+    if not raw.strip():
+        return ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        if raw.lstrip()[:1] in "[{":
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override {text!r}: the value is not a valid YAML list or mapping ({problem}); "
+                              "close its brackets and quote it for the shell, e.g. 'key=[1, 2]'") from None
+        return raw
 
 
 def _set_dotted(data: dict, keys: list[str], value: Any, what: str) -> None:

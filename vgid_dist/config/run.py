@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -16,7 +16,13 @@ from vgid_dist.vocab import SPLITS, ForgetRatio, InstructionStyle, McMode, Proto
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; so are infinite and NaN numbers (``epochs: .inf`` would never end)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
+"""An Adam moment coefficient: in [0, 1)."""
 
 
 class LoraConfig(StrictModel):
@@ -63,8 +69,8 @@ class DataConfig(StrictModel):
 class OptimConfig(StrictModel):
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
     batch_size: int = Field(4, gt=0)
     """Global batch: forget samples per optimiser step, over all ranks and accumulation steps. Methods
     with a retain term draw ``retain_per_forget`` times as many retain samples."""
@@ -168,8 +174,12 @@ class RunConfig(StrictModel):
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     output_dir: str = "runs/${method.name}"
+    """A new or empty folder, or one a run created (it holds ``.vgid-run``); never a folder of other files."""
     save_every: int = Field(0, ge=0)
     """Checkpoint every N optimiser steps (0: only at the end and on SIGTERM/SIGUSR1)."""
+    keep_checkpoints: bool = False
+    """Keep the last checkpoint (DeepSpeed's layout: ``checkpoints/global_stepN`` + ``latest``) once the run is
+    done; false: removed after DONE (the optimiser state is 12 bytes per trained parameter)."""
     ds_config: str = "zero3"
     """A DeepSpeed JSON path, or the name of a packaged one: zero3, zero3_offload, zero2."""
     log_every: int | None = Field(None, gt=0)
@@ -179,6 +189,14 @@ class RunConfig(StrictModel):
     """Process-group timeout: a stuck collective raises after this many seconds instead of idling."""
     max_consecutive_nonfinite: int = Field(3, gt=0)
     """Steps with a non-finite loss are skipped on every rank; this many in a row stop the run (checkpointed)."""
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("output_dir: empty; a run needs a folder of its own (the current folder is never "
+                             "used), e.g. output_dir=runs/my-run")
+        return value
 
     @field_validator("method")
     @classmethod

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vgid_dist.data.schema import ImageRef, Sample
 from vgid_dist.errors import DataError
+from vgid_dist.io import read_utf8
 
 
 def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict]]:
@@ -25,18 +26,17 @@ def jsonl_rows(path: str | Path, what: str) -> Iterator[tuple[str, dict]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found")
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            yield where, row
+    for lineno, line in enumerate(read_utf8(path, DataError).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        yield where, row
 
 
 def text_field(row: dict, field: str, where: str) -> str:

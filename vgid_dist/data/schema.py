@@ -30,8 +30,11 @@ class ImageRef:
                 raise DataError(f"{self.origin}: image has neither bytes nor path")
             img.load()
             return img.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"{self.origin}: unreadable image ({type(exc).__name__}: {exc})") from None
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            # DecompressionBombError: more than twice PIL's MAX_IMAGE_PIXELS (about 179 million pixels), refused
+            # from the header before any pixel is decoded.
+            source = f" {self.path}" if self.data is None and self.path else ""
+            raise DataError(f"{self.origin}: unreadable image{source} ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass(frozen=True)

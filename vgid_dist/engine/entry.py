@@ -34,8 +34,7 @@ def train(cfg: RunConfig, *, force: bool = False, callbacks: list | tuple = ()) 
                 cb.on_failure(status)
         raise
     finally:
-        if getattr(trainer, "strategy", None) is not None:
-            trainer.strategy.close()
+        trainer.close()
         sys.stdout.flush()
     errors = [cb.error for cb in callbacks if getattr(cb, "error", None)]
     if errors:

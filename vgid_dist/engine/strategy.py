@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import ipaddress
 import math
 import os
 import socket
@@ -23,21 +24,16 @@ import torch
 import torch.distributed as dist
 
 from vgid_dist.config import RunConfig, resolve_ds_config
+from vgid_dist.engine.checkpoint import safe_load
 from vgid_dist.errors import ConfigError
 from vgid_dist.threads import size_torch_threads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_launch_env() -> None:
-    """Single-process runs (plain ``python launch/train.py``, ``vgid demo``) get rank/world/master defaults;
-    under deepspeed, torchrun or Slurm+submitit these are already set."""
+    """Single-process runs (plain ``python launch/train.py``, ``vgid demo``) get rank/world/master defaults (the
+    port is chosen when the store listens); under deepspeed, torchrun or Slurm+submitit these are already set."""
     # Ranks on one machine share its cores (and a Slurm task its allocation); more threads than cores makes
     # every op wait on the others.
     size_torch_threads()
@@ -45,8 +41,37 @@ def ensure_launch_env() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def loopback_store(timeout: datetime.timedelta):
+    """The rendezvous store of a job whose master is this machine's loopback address, listening on that address
+    alone (torch's own store listens on every interface). None when the master is elsewhere, or when torchrun's
+    agent already holds the store."""
+    host = os.environ["MASTER_ADDR"]
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" or not is_loopback(host):
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    if int(os.environ["RANK"]) != 0:
+        return dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world, False, timeout)
+    address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(address[0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address[4][0], int(os.environ.get("MASTER_PORT", 0))))  # port 0: a free one, no race
+    sock.listen(128)
+    os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    # The store takes the listening socket over (detach: Python no longer closes it).
+    return dist.TCPStore(host, int(os.environ["MASTER_PORT"]), world, True, timeout, master_listen_fd=sock.detach())
 
 
 def resolve_attention(choice: str, on_gpu: bool) -> str:
@@ -113,6 +138,36 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
+def checkpoint_globals() -> list:
+    """The classes DeepSpeed's own checkpoints hold besides tensors and plain data (ZeRO optimiser state): plain
+    records, allowed to a ``weights_only`` load."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeCheckpointLoads:
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` (its own ``load`` unpickles
+    anything: a file planted in a checkpoint folder would run code on resume). Everything else is the wrapped
+    engine's."""
+
+    def __init__(self, inner):
+        from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+        if type(inner) is not TorchCheckpointEngine:
+            raise ConfigError(f"ds_config: checkpoint engine {type(inner).__name__} is not supported (its loads "
+                              "are not restricted to tensors and plain data); remove the 'checkpoint' section")
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location=None):
+        return safe_load(Path(path), map_location, checkpoint_globals())
+
+
 class DeepSpeedStrategy:
     """Process group + DeepSpeed configuration of one job. ``for_run`` for training, ``for_inference`` for
     evaluation-only jobs."""
@@ -148,9 +203,13 @@ class DeepSpeedStrategy:
 
         ensure_launch_env()
         if not dist.is_initialized():
-            on_gpu = get_accelerator().device_name() == "cuda"
-            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo",
-                                       timeout=datetime.timedelta(seconds=dist_timeout_s))
+            backend = "nccl" if get_accelerator().device_name() == "cuda" else "gloo"
+            timeout = datetime.timedelta(seconds=dist_timeout_s)
+            store = loopback_store(timeout)
+            if store is not None:  # DeepSpeed then adopts the group
+                dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                        world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
         return dist.get_rank(), dist.get_world_size()
 
     @classmethod
@@ -209,6 +268,7 @@ class DeepSpeedStrategy:
         engine, *_ = deepspeed.initialize(
             model=model, optimizer=optimizer, model_parameters=None if optimizer is not None else trainable,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds)
+        engine.checkpoint_engine = SafeCheckpointLoads(engine.checkpoint_engine)
         return engine
 
     def build_frozen(self, model: torch.nn.Module):
@@ -294,6 +354,7 @@ class DeepSpeedStrategy:
                                save_latest=False)
 
     def load_engine_checkpoint(self, engine, folder: Path, tag: str) -> dict:
+        """Every file is read through ``SafeCheckpointLoads``: tensors and plain data only."""
         saved_world = self._saved_world_size(folder / tag)
         if saved_world is not None and saved_world != self.world_size:
             raise ConfigError(f"{folder / tag}: checkpoint written by {saved_world} ranks cannot resume on "

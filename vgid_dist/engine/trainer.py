@@ -3,17 +3,24 @@
 Output folder of a run::
 
     output_dir/
+      .vgid-run          written when the run creates (or adopts an empty) folder: a run's folder
+      .vgid-lock         held by the running job (engine.output)
       config.yaml        the resolved configuration
       train_log.jsonl    one line per logged step
+      checkpoints/       DeepSpeed checkpoints (engine.checkpoint); removed after DONE unless keep_checkpoints
       model/             the unlearned model (Hugging Face folder, safetensors)
       metrics.json       final loss terms, steps, timings (and evaluation results when eval.at_end)
       DONE               written last: the run is complete
+
+Training ends with a checkpoint of its last step before the model is exported, so a run stopped during the
+export (a kill, a full disk) resumes straight to the export.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -23,12 +30,13 @@ import numpy as np
 import torch
 import yaml
 
-from vgid_dist.config import RunConfig, flatten
+from vgid_dist.config import RunConfig, load_ds_config
 from vgid_dist.data.collate import Collator
 from vgid_dist.data.sampler import StepSampler
 from vgid_dist.data.validate import check_training_data
-from vgid_dist.engine.checkpoint import CheckpointManager
+from vgid_dist.engine.checkpoint import CHECKPOINTS, CheckpointManager
 from vgid_dist.engine.guards import NonFiniteGuard, StopSignals, is_collective_failure
+from vgid_dist.engine.output import RunFolder, StepLog, check_same_config, launch_rank
 from vgid_dist.engine.runner import AdapterDisabledRunner, EngineRunner
 from vgid_dist.engine.strategy import DeepSpeedStrategy
 from vgid_dist.engine.throughput import ThroughputMeter, model_params
@@ -37,12 +45,14 @@ from vgid_dist.errors import (
     ConfigError,
     DataError,
     NonFiniteLossError,
+    OutputWriteError,
     RunExistsError,
     RunInterrupted,
 )
 from vgid_dist.io import write_json_atomic, write_text_atomic
 from vgid_dist.methods import build_method
 from vgid_dist.models import load_adapter
+from vgid_dist.models.base import check_model_weights
 from vgid_dist.models.lora import apply_lora
 from vgid_dist.progress import Progress, format_duration
 
@@ -56,28 +66,6 @@ def loss_terms(metrics: dict[str, float]) -> str:
     terms = sorted((k for k in metrics if k not in NOT_LOSS_TERMS and not k.startswith("tokens/")),
                    key=lambda k: (k != "loss", k))
     return " | ".join(f"{k} {metrics[k]:.4f}" for k in terms)
-
-
-def check_same_config(out: Path, cfg: RunConfig, force: bool) -> None:
-    """Resuming in an output_dir written by a different configuration would mix two runs: refuse it."""
-    saved = out / "config.yaml"
-    if force or not saved.is_file():
-        return
-    old = flatten(yaml.safe_load(saved.read_text()) or {})
-    new = flatten(cfg.model_dump(mode="json"))
-    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    if differ:
-        raise RunExistsError(f"{saved}: this output_dir holds a run with another configuration (differs in "
-                             f"{', '.join(differ[:6])}{', ...' if len(differ) > 6 else ''}); use another output_dir "
-                             "or --force to start over")
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Keep the log lines of the steps a resumed run keeps (later ones are recomputed)."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def seed_everything(seed: int) -> None:
@@ -121,13 +109,15 @@ class Trainer:
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        """What can fail on the input fails here, cheapest first: the output folder, the model folder and the
-        data (before any process group), then the process group, the models, the resume state."""
+        """What can fail on the input fails here, cheapest first: the output folder, the model folder, the
+        DeepSpeed JSON (reading only: nothing is written for a run that cannot start), then the folder is claimed
+        and locked, then the data (before any process group), the process group, the models, the resume state."""
         cfg = self.cfg
-        if (self.out / "DONE").exists() and not self.force:
-            raise RunExistsError(f"{self.out} holds a finished run (DONE present); choose another output_dir or "
-                                 "pass --force to overwrite it")
-        check_same_config(self.out, cfg, self.force)
+        self.folder = RunFolder(self.out)
+        self.folder.check_writable()
+        check_model_weights(cfg.model.path)
+        load_ds_config(cfg.ds_config)
+        self._claim_output()
         seed_everything(cfg.optim.seed)
         self._read_data()
         self.strategy = DeepSpeedStrategy.for_run(cfg)
@@ -138,9 +128,8 @@ class Trainer:
                                    tuple(self.data_report.retain_lengths), cfg.optim.retain_per_forget)
         self.total_steps = self.sampler.total_steps(cfg.optim.epochs, cfg.optim.max_steps)
         if self.strategy.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "DONE").unlink(missing_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         self.log(f"[vgid] run {cfg.method.name} | model {cfg.model.path} ({self.adapter.family}, {cfg.model.dtype}) | "
                  f"{len(self.primary)} primary + {len(self.retain)} retain samples | world {self.strategy.world_size} "
                  f"| ZeRO-{self.strategy.zero_stage} | {self.total_steps} steps of {cfg.optim.batch_size} -> {self.out}")
@@ -148,6 +137,30 @@ class Trainer:
         self._resume()
         self.calibration = self.calibrate_method()
         self.notify("on_start", self)
+
+    def _claim_output(self) -> None:
+        """Rank 0 creates (or adopts) the folder and holds its lock from here to ``close``, then removes what a
+        killed run left; a finished run is refused (its checkpoints removed first if it was killed before it
+        could, and did not keep them), as is another configuration's."""
+        main = launch_rank() == 0
+        if main:
+            self.folder.claim()
+            removed = self.folder.remove_leftovers()
+            if removed:
+                print(f"[vgid] removed what an earlier run left in {self.out}: {', '.join(removed)}", flush=True)
+        if (self.out / "DONE").exists() and not self.force:
+            if main and (self.out / CHECKPOINTS).is_dir() and not self.folder.finished_keeps_checkpoints():
+                shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
+            raise RunExistsError(f"{self.out} holds a finished run (DONE present); choose another output_dir or "
+                                 "pass --force to overwrite it")
+        check_same_config(self.out, self.cfg, self.force)
+
+    def close(self) -> None:
+        """Release the output folder's lock and the DeepSpeed loading context (the run ended, one way or another)."""
+        if getattr(self, "strategy", None) is not None:
+            self.strategy.close()
+        if getattr(self, "folder", None) is not None:
+            self.folder.release()
 
     def _read_data(self) -> None:
         """Model folder (adapter, tokenizer) and training samples, checked: unreadable images, people in both
@@ -200,18 +213,26 @@ class Trainer:
                                           device=self.strategy.device)
 
     def _resume(self) -> None:
+        """Continue from the latest checkpoint: its step, skipped-step count, last metrics and training time. A
+        checkpoint of the last step means training is over: the run goes straight to the export."""
         self.checkpoints = CheckpointManager(self.out, self.strategy)
+        self.step_log = StepLog(self.out / "train_log.jsonl", self.log)
         self.start_step = 0
+        self.resumed: dict[str, Any] = {}
         if self.force:
             self.checkpoints.clear()
         elif self.checkpoints.latest() is not None:
-            state = self.checkpoints.load(self.engine)
-            self.start_step = int(state["step"])
-            self.nonfinite.total = int(state.get("nonfinite_skipped", 0))
+            if self.strategy.is_main:
+                self.checkpoints.remove_stale()
+            self.resumed = self.checkpoints.load(self.engine)
+            self.start_step = int(self.resumed["step"])
+            self.nonfinite.total = int(self.resumed.get("nonfinite_skipped", 0))
             self.log(f"[vgid] resumed from step {self.start_step}/{self.total_steps} "
-                     f"(checkpoint {self.checkpoints.latest()[1]})")
+                     f"(checkpoint {self.checkpoints.latest()[1]})"
+                     + ("; training is complete, exporting the model" if self.start_step >= self.total_steps
+                        else ""))
         if self.strategy.is_main:
-            trim_log(self.out / "train_log.jsonl", self.start_step)
+            self.step_log.trim(self.start_step)
 
     def calibrate_method(self) -> dict[str, float]:
         """What the method measures on the frozen model before training (see ``Method.calibrates``), from the
@@ -276,9 +297,20 @@ class Trainer:
         reduced.update({f"tokens/{k}": v for k, v in counts.items()})
         return reduced
 
-    def checkpoint(self, step: int) -> Path:
+    def checkpoint(self, step: int, final: dict | None = None, seconds: float = 0.0) -> Path:
+        """Every rank. ``final``: the last step's metrics and ``seconds`` of training so far, kept for a run that
+        resumes after its last step (``metrics.json`` then still has them)."""
         self.phase = "checkpoint save"
-        path = self.checkpoints.save(self.engine, step, {"nonfinite_skipped": self.nonfinite.total})
+        state = {"nonfinite_skipped": self.nonfinite.total, "final": final or {},
+                 "train_seconds": self.resumed.get("train_seconds", 0.0) + seconds}
+        try:
+            path = self.checkpoints.save(self.engine, step, state)
+        except OSError as exc:
+            found = self.checkpoints.latest()
+            kept = f"the checkpoint of step {found[0]} is kept" if found else "no earlier checkpoint exists"
+            raise OutputWriteError(f"{self.checkpoints.dir}: could not write the checkpoint of step {step} "
+                                   f"({exc.strerror or exc}); {kept}. Free space and run the same command "
+                                   "again") from exc
         self.log(f"[vgid] checkpoint at step {step} -> {path}")
         return path
 
@@ -295,7 +327,6 @@ class Trainer:
 
     def train(self) -> None:
         cfg = self.cfg
-        log_path = self.out / "train_log.jsonl"
         start = time.perf_counter()
         samples_per_step = cfg.optim.batch_size * (2 if self.retain else 1)
         signals = StopSignals()
@@ -303,13 +334,13 @@ class Trainer:
         self.progress = Progress(self.total_steps, f"train {cfg.method.name}", unit="step", initial=self.start_step,
                                  enabled=self.strategy.is_main and cfg.log_every is None)
         try:
-            self._train_loop(start, samples_per_step, log_path, signals)
+            self._train_loop(start, samples_per_step, signals)
         finally:
             signals.close()
             self.progress.close()
             self.progress = None
 
-    def _train_loop(self, start: float, samples_per_step: int, log_path: Path, signals) -> None:
+    def _train_loop(self, start: float, samples_per_step: int, signals) -> None:
         cfg = self.cfg
         last = None
         for step in range(self.start_step, self.total_steps):
@@ -326,7 +357,7 @@ class Trainer:
                 self.progress.update(1)
                 self.notify("on_step", done, {"nonfinite_skipped": float(self.nonfinite.total)})
                 if self.nonfinite.exhausted:
-                    path = self.checkpoint(done)
+                    path = self.checkpoint(done, last, time.perf_counter() - start)
                     raise NonFiniteLossError(
                         f"{self.nonfinite.consecutive} consecutive steps had a non-finite loss (limit "
                         f"max_consecutive_nonfinite={cfg.max_consecutive_nonfinite}); stopped at step {done} with "
@@ -343,18 +374,24 @@ class Trainer:
             metrics["epoch"] = self.sampler.epoch_of(step)
             last = metrics
             if self.strategy.is_main:
-                with log_path.open("a") as fh:  # every step, whatever is printed
-                    fh.write(json.dumps({"step": done, **metrics}) + "\n")
+                self.step_log.append(done, metrics)  # every step, whatever is printed
                 self.print_step(done, metrics, start)
             self.notify("on_step", done, metrics)
             # One small all-reduce per step: a signal seen by any rank stops every rank at the same step.
             if self.strategy.any_rank(signals.requested):
-                path = self.checkpoint(done)
+                path = self.checkpoint(done, last, time.perf_counter() - start)
                 signals.chain()  # e.g. submitit's handler: requeue the job now that the checkpoint exists
                 raise RunInterrupted(done, signals.received or "a signal on another rank", path)
             if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
-                self.checkpoint(done)
-        self.summary = {"steps": self.total_steps, "train_seconds": time.perf_counter() - start,
+                self.checkpoint(done, last, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if self.start_step < self.total_steps:
+            # The end of training is a checkpoint too: a run stopped during the export resumes straight to it.
+            self.checkpoint(self.total_steps, last, seconds)
+        else:
+            last = self.resumed.get("final")
+        self.summary = {"steps": self.total_steps,
+                        "train_seconds": self.resumed.get("train_seconds", 0.0) + seconds,
                         "nonfinite_skipped": self.nonfinite.total, "resumed_from": self.start_step,
                         "trainable_params": self.trainable_params, "calibration": self.calibration,
                         "final": last or {}}
@@ -373,17 +410,24 @@ class Trainer:
     # -- finish ---------------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         model_dir = self.out / "model"
-        if self.cfg.model.lora is not None:
-            self.strategy.save_lora(self.engine, self.adapter, model_dir, self.out / "adapter")
-        else:
-            self.strategy.save_pretrained(self.engine, self.adapter, model_dir)
+        try:
+            if self.cfg.model.lora is not None:
+                self.strategy.save_lora(self.engine, self.adapter, model_dir, self.out / "adapter")
+            else:
+                self.strategy.save_pretrained(self.engine, self.adapter, model_dir)
+        except OSError as exc:
+            raise OutputWriteError(f"{model_dir}: could not write the model ({exc.strerror or exc}); training is "
+                                   f"complete and checkpointed at step {self.total_steps}: free space and run the "
+                                   "same command again, it goes straight to the export") from exc
         self.log(f"[vgid] saved {model_dir}")
         self.notify("on_model_saved", self)
         if self.strategy.is_main:
             write_json_atomic(self.out / "metrics.json", self.summary)
-            (self.out / "DONE").write_text(json.dumps({"finished": time.time()}))
-        # The final model is saved: the resume state (optimiser shards: 12 bytes per parameter) goes.
-        self.checkpoints.clear()
+            write_text_atomic(self.out / "DONE", json.dumps({"finished": time.time()}))
+        if not self.cfg.keep_checkpoints:
+            # The final model is saved: the resume state (optimiser shards: 12 bytes per parameter) goes. A kill
+            # before this line leaves them to the next run on this folder, which removes them.
+            self.checkpoints.clear()
         self.throughput.close()
         self.notify("on_end", self.summary)
         self.strategy.barrier()

@@ -38,6 +38,31 @@ def check_model_folder(path: str | Path) -> Path:
     raise ModelFolderError(f"model.path {text!r}: folder not found")
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_model_weights(path: str | Path) -> Path:
+    """A model folder whose weights are all there: ``model.safetensors`` / ``pytorch_model.bin``, or a sharded
+    index and every shard it names. Reads file names only (no weight is loaded)."""
+    folder = check_model_folder(path)
+    for name in WEIGHT_FILES:
+        index = folder / f"{name}.index.json"
+        if (folder / name).is_file():
+            return folder
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
+                raise ModelFolderError(f"{index}: not a weight index with a 'weight_map' ({exc})") from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise ModelFolderError(f"{index}: {len(missing)} of {len(shards)} weight shards are missing "
+                                       f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+            return folder
+    raise ModelFolderError(f"{folder}: no weights inside (expected model.safetensors, pytorch_model.bin or a "
+                           "sharded *.index.json with its shards); config.json alone cannot be trained")
+
+
 def read_model_type(folder: Path) -> str:
     try:
         config = json.loads((folder / "config.json").read_text())
