@@ -1,5 +1,4 @@
-"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, forget, sweep, report, plan, ui,
-track."""
+"""The ``vgid`` command: demo, train, config, teacher-view, eval, steer, attack, forget, sweep, report, plan, ui, track."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import sys
 from pathlib import Path
 
 from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
-from vgid_dist.errors import PlanError, VgidError
+from vgid_dist.errors import VgidError
 from vgid_dist.progress import library_bars_only_on_a_terminal
 from vgid_dist.threads import prefer_sleeping_threads
 from vgid_dist.usage import (
@@ -45,10 +44,7 @@ def cmd_config(args) -> int:
     cfg = load_run_config(args.config, args.overrides)
     print(f"# what a run of {args.config} uses ({recipe_path(args.config)}), every default filled in")
     if cfg.model.lora is not None:
-        targets = cfg.model.lora.targets
-        print("# model.lora: adapters on the linear layers of the language model's decoder layers only ("
-              + ("all-linear: every one of them" if targets == "all-linear" else f"those named {targets}")
-              + "); never the vision tower, projector, embeddings or lm_head")
+        print(f"# model.lora: {cfg.model.lora.scope()}")
     print(yaml.safe_dump(resolved_config(cfg), sort_keys=False), end="")
     return 0
 
@@ -99,7 +95,7 @@ def cmd_steer_build(args) -> int:
     params = steering_params(args.config, args.params)
     steering = build_steering_file(args.model, args.data, args.forget_ratio, args.out, params, seed=args.seed,
                                    batch_size=args.batch_size, dtype=args.dtype)
-    info = steering.info
+    info = steering.info  # pairs and how often the gate opens on each side
     print(f"steering: layers {steering.layers}, gate layer {steering.gate_layer}, threshold {steering.threshold:.4f}, "
           f"scale {steering.scale}; gate open on {info['forget_gate_open']:.0%} of {info['forget_pairs']} forget and "
           f"{info['retain_gate_open']:.0%} of {info['retain_pairs']} retain pairs -> {args.out}")
@@ -172,9 +168,8 @@ def cmd_report(args) -> int:
 
     out = Path(args.out or Path("runs") / "reports" / args.experiment)
     written = build_report(Tracker(create=False), args.experiment, out)  # reading creates no store
-    for path in written:
-        if path.suffix == ".md":
-            print(path.read_text())
+    for table in (path for path in written if path.suffix == ".md"):
+        print(table.read_text())
     print("\n".join(f"wrote {p}" for p in written))
     return 0
 
@@ -182,14 +177,10 @@ def cmd_report(args) -> int:
 def cmd_plan(args) -> int:
     import json
 
-    from vgid_dist.plan import RunShape, format_plan, plan_memory, resolve_architecture
+    from vgid_dist.plan import RunShape, format_plan, micro_batch_per_gpu, plan_memory, resolve_architecture
 
     arch = resolve_architecture(args.model)
-    slots = args.gpus_per_node * args.nodes * args.grad_accum
-    micro, rem = divmod(args.batch_size or slots, slots)
-    if rem or micro == 0:
-        raise PlanError(f"--batch-size {args.batch_size} is not a multiple of the {args.gpus_per_node * args.nodes} "
-                        f"GPUs x --grad-accum {args.grad_accum}")
+    micro = micro_batch_per_gpu(args.batch_size, args.gpus_per_node * args.nodes, args.grad_accum)
     shape = RunShape(micro_batch=micro, text_tokens=args.text_tokens, dtype=args.dtype,
                      lora_r=args.lora_r if args.lora else None, activation_checkpointing=args.activation_checkpointing)
     plan = plan_memory(arch, gpus_per_node=args.gpus_per_node, nodes=args.nodes, zero=args.zero,
@@ -202,24 +193,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import socket
+    from vgid_dist.tracking.ui import browse
 
-    from vgid_dist.tracking import tracking_uri
-    from vgid_dist.tracking.ui import serve
-
-    uri = tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        print(f"MLflow browser: {uri} (the server named by MLFLOW_TRACKING_URI)", flush=True)
-        return 0
-    port = args.port
-    with socket.socket() as s:
-        taken = port == 0 or s.connect_ex((args.host, port)) == 0  # e.g. by a tracking server
-    if taken:
-        with socket.socket() as free:
-            free.bind((args.host, 0))
-            port = free.getsockname()[1]
-    print(f"MLflow browser: http://{args.host}:{port} (store {uri}; Ctrl-C stops it)", flush=True)
-    return serve(uri, args.host, port)
+    return browse(args.host, args.port)
 
 
 def cmd_track(args) -> int:

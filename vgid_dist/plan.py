@@ -311,6 +311,16 @@ def activation_bytes(arch: Architecture, shape: RunShape) -> dict[str, float]:
     return {"activations": student, "teacher_forward": teacher, "loss": loss}
 
 
+def micro_batch_per_gpu(batch_size: int | None, gpus: int, grad_accum: int) -> int:
+    """The micro-batch one GPU takes for a global ``batch_size`` (None: one sample per GPU and accumulation
+    step); a batch that does not split evenly is a PlanError."""
+    slots = gpus * grad_accum
+    micro, rem = divmod(batch_size or slots, slots)
+    if rem or micro == 0:
+        raise PlanError(f"--batch-size {batch_size} is not a multiple of the {gpus} GPUs x --grad-accum {grad_accum}")
+    return micro
+
+
 def plan_memory(arch: Architecture, *, gpus_per_node: int = 8, nodes: int = 1, zero: int = 3, offload: bool = False,
                 shape: RunShape = RunShape()) -> MemoryPlan:
     """Per-GPU memory of a VGID run (see the module docstring for every term).

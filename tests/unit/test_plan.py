@@ -153,3 +153,12 @@ def test_plan_command_errors(capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main(["plan", "--model", "qwen2.5-vl-3b", "--gpus-per-node", "8", "--batch-size", "4"]) == 2
     assert "multiple" in capsys.readouterr().err
+
+
+def test_micro_batch_splits_the_global_batch_or_names_why_not():
+    from vgid_dist.errors import PlanError
+    from vgid_dist.plan import micro_batch_per_gpu
+
+    assert micro_batch_per_gpu(32, 8, 2) == 2 and micro_batch_per_gpu(None, 8, 1) == 1
+    with pytest.raises(PlanError, match="--batch-size 12 is not a multiple of the 8 GPUs x --grad-accum 1"):
+        micro_batch_per_gpu(12, 8, 1)

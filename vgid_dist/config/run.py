@@ -33,6 +33,12 @@ class LoraConfig(StrictModel):
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     targets: list[str] | Literal["all-linear"] = "all-linear"
 
+    def scope(self) -> str:
+        """Where the adapters go, in words (``vgid config`` prints it)."""
+        which = "all-linear: every one of them" if self.targets == "all-linear" else f"those named {self.targets}"
+        return (f"adapters on the linear layers of the language model's decoder layers only ({which}); never the "
+                "vision tower, projector, embeddings or lm_head")
+
 
 class ModelConfig(StrictModel):
     path: str

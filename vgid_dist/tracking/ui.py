@@ -74,3 +74,25 @@ def serve(uri: str, host: str, port: int) -> int:
         stop_group(proc)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def browse(host: str, port: int) -> int:
+    """``vgid ui``: the MLflow browser of the configured store. A server named by ``MLFLOW_TRACKING_URI`` is only
+    named; a local store is served on ``host:port`` (another free port when that one is taken, e.g. by a
+    tracking server) until Ctrl-C or SIGTERM."""
+    import socket
+
+    from vgid_dist.tracking.names import tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow browser: {uri} (the server named by MLFLOW_TRACKING_URI)", flush=True)
+        return 0
+    with socket.socket() as s:
+        taken = port == 0 or s.connect_ex((host, port)) == 0
+    if taken:
+        with socket.socket() as free:
+            free.bind((host, 0))
+            port = free.getsockname()[1]
+    print(f"MLflow browser: http://{host}:{port} (store {uri}; Ctrl-C stops it)", flush=True)
+    return serve(uri, host, port)
