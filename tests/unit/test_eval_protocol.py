@@ -268,3 +268,13 @@ def test_a_split_whose_every_question_is_an_example_says_so(bench_dir):
     assert {it.task for it in items} == {"generation"}
     assert {it.task for it in build_items(bench, 5, ["forget"], seed=0, protocol="zero-shot")} == {
         "classification", "cloze", "generation"}
+
+
+def test_split_results_keeps_only_the_splits_of_every_results_shape():
+    from vgid_dist.eval.evaluator import RESULT_SECTIONS, split_results
+
+    results = {"forget": {"gen_rougeL": 0.5}, "forget_probes": {"fact_recall": 0.1}, "celebrity": {},
+               **{section: {"forget": {"x": 1}} for section in RESULT_SECTIONS}}
+    assert split_results(results) == {"forget": {"gen_rougeL": 0.5}, "forget_probes": {"fact_recall": 0.1},
+                                      "celebrity": {}}
+    assert split_results(None) == {}

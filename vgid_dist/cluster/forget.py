@@ -206,22 +206,19 @@ def assemble_audit(req, cfg, people, before, after, reverse, relearn, conditions
 
     from vgid_dist.config import resolved_config
     from vgid_dist.eval.audit import by_person, digest_folder, digest_people
-    from vgid_dist.eval.relearn import NOT_SPLITS
+    from vgid_dist.eval.evaluator import split_results
     from vgid_dist.eval.require import check_require
 
-    def splits_of(results: dict | None) -> dict:
-        return {s: v for s, v in (results or {}).items() if s not in NOT_SPLITS and isinstance(v, dict)}
-
-    attacks = {"reverse": {"before": {s: splits_of(after).get(s, {}) for s in splits_of(reverse)},
-                           "after": splits_of(reverse)}}
+    stages = {"before": split_results(before), "after": split_results(after), "reverse": split_results(reverse),
+              "relearn": (relearn or {}).get("after", {})}
+    attacks = {"reverse": {"before": {s: stages["after"].get(s, {}) for s in stages["reverse"]},
+                           "after": stages["reverse"]}}
     if relearn:
         attacks["relearn"] = {"before": relearn["before"], "after": relearn["after"], "plan": relearn["plan"],
                               "steps": relearn["steps"], "subset": relearn["subset"]}
     for attack in attacks.values():
         attack["recovery"] = {s: {m: attack["after"][s][m] - v for m, v in attack["before"][s].items()
                                   if m in attack["after"].get(s, {})} for s in attack["before"]}
-    stages = {"before": splits_of(before), "after": splits_of(after), "reverse": splits_of(reverse),
-              "relearn": (relearn or {}).get("after", {})}
     require = check_require(conditions, stages)
     resolved = resolved_config(cfg)
     return {

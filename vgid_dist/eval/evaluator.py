@@ -313,6 +313,16 @@ def score(predictions: list[Prediction], splits=None, protocol: str = "official"
     return results
 
 
+RESULT_SECTIONS = ("by_type", "counts", "by_type_counts", "skipped", "meta", "by_person")
+"""Keys of a results dict that are not splits: ``score``'s sections, the ``meta`` a results file carries and the
+``by_person`` of a people folder's results."""
+
+
+def split_results(results: dict | None) -> dict[str, dict]:
+    """``{split: {metric: value}}``: the splits of a results dict, without its other sections."""
+    return {s: v for s, v in (results or {}).items() if s not in RESULT_SECTIONS and isinstance(v, dict)}
+
+
 def prediction_record(p: Prediction) -> dict:
     """One line of the predictions file."""
     it = p.item

@@ -30,6 +30,7 @@ from vgid_dist.config import EvalOptions, RunConfig, load_run_config, updated_co
 from vgid_dist.data.mllmu import MLLMUBench
 from vgid_dist.engine.entry import train
 from vgid_dist.errors import RelearnError
+from vgid_dist.eval.evaluator import split_results
 from vgid_dist.eval.run import build_items, evaluate_model
 from vgid_dist.io import write_json_atomic
 from vgid_dist.perturb import noise_rng
@@ -84,10 +85,6 @@ def plan_attack(data_root: str, forget_ratio: int, subset: float, seed: int, tra
              if it.profile_id in held]
     check_disjoint(train, items)
     return plan, train, items
-
-
-NOT_SPLITS = ("by_type", "counts", "by_type_counts", "skipped", "meta", "by_person")
-"""Keys of a results dict that are not splits."""
 
 
 def recovery(before: dict, after: dict, split: str = "forget") -> dict[str, float]:
@@ -171,7 +168,7 @@ def relearn_attack(model: str, out: str | Path, plan: RelearnPlan, cfg: RunConfi
     after = evaluate(str(out / "attack" / "model"), out / "after.json")
     if before is None or after is None:
         return {}  # ranks other than 0 of a distributed run: the results are gathered on rank 0
-    splits = [s for s in before if s in after and isinstance(before[s], dict) and s not in NOT_SPLITS]
+    splits = [s for s in split_results(before) if s in after]
     result = {"model": str(model), "plan": {"attacked": plan.attacked, "held_out": plan.held_out}, **record,
               "before": {s: before[s] for s in splits}, "after": {s: after[s] for s in splits},
               "recovery": recovery(before, after)}
