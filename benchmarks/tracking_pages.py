@@ -17,41 +17,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
+from faults_tracking import mlflow_server  # the server vgid ui starts, on a free port
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = {"experiments": "#/experiments/{exp}", "overview": "#/experiments/{exp}/runs/{run}",
          "model-metrics": "#/experiments/{exp}/runs/{run}/model-metrics",
          "system-metrics": "#/experiments/{exp}/runs/{run}/system-metrics",
          "artifacts": "#/experiments/{exp}/runs/{run}/artifacts"}
-
-
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    from vgid_dist.tracking.ui import ui_command, ui_environment
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(ui_command(f"sqlite:///{folder / 'mlflow.db'}", "127.0.0.1", port), cwd=folder,
-                            env=ui_environment(), stdout=(folder / "server.log").open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(180):
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=5):
-                return proc, uri
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"no MLflow server at {uri}: {(folder / 'server.log').read_text()[-800:]}")
 
 
 def train(work: Path, uri: str, steps: int) -> tuple[Path, float, str]:
@@ -95,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vgid-pages-"))
-    server, uri = start_server(work / "server")
+    server, uri = mlflow_server(work / "server")
     try:
         run_dir, wall, log = train(work, uri, args.steps)
         from mlflow.tracking import MlflowClient
