@@ -16,10 +16,9 @@ DISTRIBUTIONS = {"torch": "torch", "transformers": "transformers", "deepspeed": 
                  "peft": "peft", "accelerate": "accelerate", "triton": "triton",
                  "liger_kernel": "liger-kernel", "flash_attn": "flash-attn"}
 # What the stages import: the trainer (DeepSpeed, pydantic configs), the benchmark reader (pyarrow), the
-# metrics (rouge-score, nltk), the fused KL and its packaged C++ source, the recipes.
+# metrics, the fused KL and its packaged C++ source, the recipes.
 NEEDED = ["vgid_dist.engine.trainer", "vgid_dist.engine.strategy", "vgid_dist.data.mllmu", "vgid_dist.eval.run",
-          "vgid_dist.losses.fused_kl", "deepspeed", "pyarrow.parquet", "rouge_score.rouge_scorer",
-          "nltk.translate.bleu_score", "peft"]
+          "vgid_dist.losses.fused_kl", "deepspeed", "pyarrow.parquet", "peft"]
 
 
 def version(dist: str) -> str | None:

@@ -7,12 +7,12 @@
 #   deepspeed         no wheel on PyPI: built here from its sdist, pure Python (its ops are JIT-built on use)
 #   hjson             deepspeed's config parser
 #   pydantic (+ pydantic-core, cp312 manylinux; annotated-types, typing-inspection, typing-extensions)
-#   rouge-score (sdist, built here), nltk (+ defusedxml)      the evaluation metrics
 #   liger-kernel      the fused-KL benchmark's third implementation (Triton)
 #   vgid-dist         this package, as a wheel (what `pip install` of the working tree gives)
 #
-# Not carried: mlflow and submitit (tracking and Slurm sweeps; the GPU suite runs with VGID_TRACKING=off) and
-# flash-attn (a CUDA source build; SDPA serves). Versions are the ones this repository's tests run with.
+# Not carried: rouge-score and nltk (vgid_dist.eval.metrics computes ROUGE-L and BLEU itself; only the tests'
+# reference checks import them, and skip without them), mlflow and submitit (tracking and Slurm sweeps; the GPU
+# suite runs with VGID_TRACKING=off) and flash-attn (a CUDA source build; SDPA serves). Versions are the ones this repository's tests run with.
 #
 #   bash benchmarks/gpu/wheelhouse.sh            # -> .whl/*.whl and .whl/manifest.json (<= 60 MiB)
 #
@@ -31,11 +31,10 @@ PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 man
 BINARY=(
   pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
   typing-extensions==4.16.0 hjson==3.1.0
-  nltk==3.10.4 defusedxml==0.7.1
   liger-kernel==0.8.5
 )
 # Source distributions only: built here into pure-Python wheels.
-SOURCE=(deepspeed==0.19.8 rouge-score==0.1.2)
+SOURCE=(deepspeed==0.19.8)
 
 mkdir -p "$DEST"
 rm -f "$DEST"/*.whl "$DEST"/manifest.json  # a fresh set: two versions of a project stop the install

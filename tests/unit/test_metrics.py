@@ -91,3 +91,53 @@ def test_bleu_uses_whitespace_tokens_and_brevity_penalty():
     # "Lisbon" vs "born in Lisbon": p1 = 1, no 2/3/4-grams -> 0.1 each (method1);
     # brevity penalty exp(1 - 3/1). BLEU = (1 * 0.1 ** 3) ** (1/4) * exp(-2).
     assert bleu("Lisbon", "born in Lisbon") == pytest.approx(0.1 ** 0.75 * math.exp(-2))
+
+
+def _sentence_pairs(count: int = 3000, seed: int = 0) -> list[tuple[str, str]]:
+    """(reply, ground truth) pairs shaped like benchmark answers: shared and inflected words, punctuation,
+    capitals, digits, non-ASCII letters, repeats, empty and one-word sides."""
+    import random
+
+    rng = random.Random(seed)
+    words = ("the she he was born in Lisbon Porto worked working works as an architect architects engineer "
+             "engineering studied university hobbies include rock climbing climbed chess painting paintings "
+             "her his their family lives living lived moved 1987 2003 3rd Dr. café naïve São Paulo É "
+             "is a of to and with for on at by from relational conditional generously happiness "
+             "running runs ran cats cat dogs dog's well-known self-taught e-mail U.S. A B C D").split()
+    pairs = [("", ""), ("", "Lisbon"), ("Lisbon", ""), ("...", "!!"), ("Lisbon", "Lisbon")]
+    while len(pairs) < count:
+        truth = rng.choices(words, k=rng.randint(1, 25))
+        reply = [w for w in truth if rng.random() < 0.7] + rng.choices(words, k=rng.randint(0, 12))
+        if rng.random() < 0.3:
+            rng.shuffle(reply)
+        punct = rng.choice(["", ".", ",", "!", " ;"])
+        pairs.append((" ".join(reply) + punct, " ".join(truth)))
+    return pairs
+
+
+def test_rouge_l_equals_rouge_score_on_many_pairs():
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    mismatches = [(reply, truth) for reply, truth in _sentence_pairs()
+                  if rouge_l(reply, truth) != scorer.score(truth, reply)["rougeL"].fmeasure]
+    assert not mismatches, mismatches[:5]
+
+
+def test_bleu_equals_nltk_sentence_bleu_on_many_pairs():
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    smoothing = bleu_score.SmoothingFunction().method1
+    mismatches = []
+    for reply, truth in _sentence_pairs():
+        expected = bleu_score.sentence_bleu([truth.split()], reply.split(), smoothing_function=smoothing)
+        if bleu(reply, truth) != expected:
+            mismatches.append((reply, truth, bleu(reply, truth), expected))
+    assert not mismatches, mismatches[:5]
+
+
+def test_scoring_imports_neither_nltk_nor_rouge_score():
+    import subprocess
+    import sys
+
+    code = ("import sys; from vgid_dist.eval.metrics import rouge_l, bleu; rouge_l('running cats', 'cats ran'); "
+            "bleu('a b', 'a b'); loaded = {'nltk', 'rouge_score'} & set(sys.modules); assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)

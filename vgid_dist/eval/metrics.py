@@ -1,12 +1,18 @@
 """MLLMU-Bench metrics, as the official evaluator defines them (and a lenient classification parsing beside
-it). Pure functions of strings."""
+it). Pure functions of strings. ROUGE-L and BLEU are computed here, equal to ``rouge_score``'s and NLTK's values
+(tests/unit/test_metrics.py compares them on many pairs): importing those packages costs over a second of every
+evaluation's start-up."""
 
 from __future__ import annotations
 
+import math
 import re
-from functools import lru_cache
+from collections import Counter
+
+from vgid_dist.eval.porter import stem
 
 _ALNUM = re.compile(r"[A-Za-z0-9]")
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 ASSISTANT_TAG = "ASSISTANT:"
 
 
@@ -35,23 +41,58 @@ def cloze_correct(reply: str, ground_truth: str) -> bool:
     return ground_truth.lower() in reply.lower()
 
 
-@lru_cache(maxsize=1)
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
+def rouge_tokens(text: str) -> list[str]:
+    """ROUGE's tokens of ``text``, as ``rouge_score`` makes them: lower-cased, every run of characters other
+    than ``[a-z0-9]`` a separator, tokens longer than 3 characters Porter-stemmed."""
+    words = _NON_ALNUM.sub(" ", text.lower()).split()
+    return [t for t in (stem(w) if len(w) > 3 else w for w in words) if t]
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two token lists (one row of the DP table kept)."""
+    if len(b) > len(a):
+        a, b = b, a
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diagonal = 0  # row[j - 1] of the previous row
+        for j, y in enumerate(b, start=1):
+            above = row[j]
+            row[j] = diagonal + 1 if x == y else max(above, row[j - 1])
+            diagonal = above
+    return row[-1]
 
 
 def rouge_l(reply: str, ground_truth: str) -> float:
-    """ROUGE-L F-measure (rouge_score, Porter stemmer on), reference = ground truth."""
-    return float(_rouge_scorer().score(ground_truth, reply)["rougeL"].fmeasure)
+    """ROUGE-L F-measure of the reply against the ground truth (Porter stemmer on): the value
+    ``rouge_score.RougeScorer(["rougeL"], use_stemmer=True).score(ground_truth, reply)`` gives."""
+    reference, candidate = rouge_tokens(ground_truth), rouge_tokens(reply)
+    if not reference or not candidate:
+        return 0.0
+    lcs = _lcs_length(reference, candidate)
+    precision, recall = lcs / len(candidate), lcs / len(reference)
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-def bleu(reply: str, ground_truth: str) -> float:
-    """NLTK sentence BLEU on whitespace tokens, smoothing method1 (0 for an empty reply)."""
-    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+def _ngram_counts(tokens: list[str], n: int) -> Counter:
+    return Counter(zip(*(tokens[i:] for i in range(n))))
 
-    hypothesis = reply.split()
+
+def bleu(reply: str, ground_truth: str, max_order: int = 4, epsilon: float = 0.1) -> float:
+    """Sentence BLEU on whitespace tokens with uniform weights and smoothing "method 1", the value NLTK's
+    ``sentence_bleu([ground_truth.split()], reply.split(), smoothing_function=SmoothingFunction().method1)``
+    gives: an order with no clipped match counts ``epsilon / hypothesis n-grams`` (1 when there are none),
+    but no unigram match at all scores 0; brevity penalty ``exp(1 - r / c)`` when the reply is not longer."""
+    hypothesis, reference = reply.split(), ground_truth.split()
     if not hypothesis:
         return 0.0
-    return float(sentence_bleu([ground_truth.split()], hypothesis, smoothing_function=SmoothingFunction().method1))
+    log_precision = []
+    for n in range(1, max_order + 1):
+        counts, ref_counts = _ngram_counts(hypothesis, n), _ngram_counts(reference, n)
+        matched = sum(min(c, ref_counts[g]) for g, c in counts.items())
+        total = max(1, sum(counts.values()))
+        if n == 1 and matched == 0:
+            return 0.0
+        log_precision.append(math.log(matched / total if matched else epsilon / total) / max_order)
+    c, r = len(hypothesis), len(reference)
+    brevity = 1.0 if c > r else math.exp(1 - r / c)
+    return brevity * math.exp(math.fsum(log_precision))
