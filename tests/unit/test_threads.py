@@ -65,13 +65,39 @@ def test_user_thread_count_wins(machine):
         torch.set_num_threads(before)
 
 
-def test_cli_asks_for_sleeping_openmp_threads_before_torch_loads():
+def test_cli_decides_the_openmp_wait_policy_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     code = ("import sys, os; import vgid_dist.cli; "
             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules, 'deepspeed' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO)}, capture_output=True,
                          text=True, check=True).stdout.split()
-    assert out == ["PASSIVE", "False", "False"]
+    assert out[0] in ("PASSIVE", "None") and out[1:] == ["False", "False"]
+    # the user's policy is kept, whatever the machine's load
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "ACTIVE"
+
+
+@pytest.mark.parametrize("busy, policy", [(0.0, None), (0.3, None), (0.5, "PASSIVE"), (1.7, "PASSIVE"),
+                                          (None, "PASSIVE")])
+def test_threads_sleep_only_when_other_processes_use_the_cpus(monkeypatch, busy, policy):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(threads, "cpus_busy_elsewhere", lambda: busy)
+    threads.prefer_sleeping_threads()
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
+def test_a_process_spinning_on_one_of_our_cpus_is_seen():
+    cpu = min(os.sched_getaffinity(0))
+    spinner = subprocess.Popen([sys.executable, "-c",
+                                f"import os, time; os.sched_setaffinity(0, {{{cpu}}}); end = time.time() + 5\n"
+                                "while time.time() < end: pass"])
+    try:
+        busy = max(threads.cpus_busy_elsewhere(0.2) for _ in range(3))
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy >= 0.5
 
 
 def test_single_process_evaluation_needs_no_deepspeed(monkeypatch):
