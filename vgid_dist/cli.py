@@ -9,8 +9,12 @@ from pathlib import Path
 from vgid_dist.config import DataConfig, EvalOptions, LoraConfig
 from vgid_dist.errors import VgidError
 from vgid_dist.progress import library_bars_only_on_a_terminal
+from vgid_dist.shutdown import end_process
 from vgid_dist.threads import prefer_sleeping_threads
 from vgid_dist.usage import (
+    DTYPE_HELP,
+    DTYPES,
+    PROTOCOL_HELP,
     matrices_epilog,
     options_as_overrides,
     overrides_epilog,
@@ -22,11 +26,6 @@ from vgid_dist.vocab import FORGET_RATIOS, INSTRUCTION_STYLES, MC_MODES, PEOPLE_
 # Before torch is imported anywhere in this process (libgomp reads it when it loads).
 prefer_sleeping_threads()
 library_bars_only_on_a_terminal()
-
-
-PROTOCOL_HELP = ("official (default): the official MLLMU-Bench evaluator's solved examples before classification "
-                 "and cloze questions, its Test_Set image draws and reply parsing, seeded; zero-shot: no "
-                 "examples, one Test_Set image per profile, lenient class_acc")
 
 
 def cmd_train(args) -> int:
@@ -204,10 +203,6 @@ def cmd_track(args) -> int:
     run_id, uri = record_output(Path(args.output_dir), experiment=args.experiment)
     print(f"{args.output_dir}: recorded as MLflow run {run_id} ({uri})")
     return 0
-
-
-DTYPES = ["float32", "bfloat16", "float16"]
-DTYPE_HELP = "the model's weights in memory (default float32)"
 
 
 def _default(model, field: str):
@@ -446,5 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
+def entry() -> None:
+    """The ``vgid`` script: ``main``, then the process ends without Python's module teardown (shutdown.py)."""
+    end_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

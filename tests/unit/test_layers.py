@@ -1,7 +1,7 @@
 """The package's shape: every import (at module level or inside a function) goes to the same or a lower layer,
 and no two modules import each other, directly or through others. Data flows one way:
-errors/vocab/io/prompts/threads/progress -> config -> data/models/losses/perturb/plan -> methods -> engine -> assets
--> eval -> tracking/jobs/cluster -> demo/cli/usage."""
+errors/vocab/io/prompts/threads/progress/shutdown -> config -> data/models/losses/perturb/plan -> methods -> engine
+-> assets -> eval -> tracking/jobs/cluster -> demo/cli/usage."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "vgid_dist"
 
 LAYERS = [
-    {"errors", "vocab", "io", "prompts", "threads", "progress"},
+    {"errors", "vocab", "io", "prompts", "threads", "progress", "shutdown"},
     {"config"},
     {"data", "models", "losses", "perturb", "plan"},
     {"methods"},
