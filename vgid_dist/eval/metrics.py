@@ -41,7 +41,7 @@ def cloze_correct(reply: str, ground_truth: str) -> bool:
     return ground_truth.lower() in reply.lower()
 
 
-def rouge_tokens(text: str) -> list[str]:
+def _rouge_tokens(text: str) -> list[str]:
     """ROUGE's tokens of ``text``, as ``rouge_score`` makes them: lower-cased, every run of characters other
     than ``[a-z0-9]`` a separator, tokens longer than 3 characters Porter-stemmed."""
     words = _NON_ALNUM.sub(" ", text.lower()).split()
@@ -65,7 +65,7 @@ def _lcs_length(a: list[str], b: list[str]) -> int:
 def rouge_l(reply: str, ground_truth: str) -> float:
     """ROUGE-L F-measure of the reply against the ground truth (Porter stemmer on): the value
     ``rouge_score.RougeScorer(["rougeL"], use_stemmer=True).score(ground_truth, reply)`` gives."""
-    reference, candidate = rouge_tokens(ground_truth), rouge_tokens(reply)
+    reference, candidate = _rouge_tokens(ground_truth), _rouge_tokens(reply)
     if not reference or not candidate:
         return 0.0
     lcs = _lcs_length(reference, candidate)
@@ -80,8 +80,9 @@ def _ngram_counts(tokens: list[str], n: int) -> Counter:
 def bleu(reply: str, ground_truth: str, max_order: int = 4, epsilon: float = 0.1) -> float:
     """Sentence BLEU on whitespace tokens with uniform weights and smoothing "method 1", the value NLTK's
     ``sentence_bleu([ground_truth.split()], reply.split(), smoothing_function=SmoothingFunction().method1)``
-    gives: an order with no clipped match counts ``epsilon / hypothesis n-grams`` (1 when there are none),
-    but no unigram match at all scores 0; brevity penalty ``exp(1 - r / c)`` when the reply is not longer."""
+    gives: an order with no clipped match counts as ``epsilon`` over the reply's n-grams of that order (at
+    least 1), but a reply with no unigram match scores 0; brevity penalty ``exp(1 - r / c)`` when the reply is
+    not longer than the ground truth."""
     hypothesis, reference = reply.split(), ground_truth.split()
     if not hypothesis:
         return 0.0
