@@ -4,6 +4,7 @@ that keep ranks symmetric, scoring, and the paper-style report."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -111,6 +112,22 @@ def test_batches_group_questions_of_one_task():
     items = [item(f"g{k}") for k in range(3)] + [item(f"k{k}", task="cloze") for k in range(3)]
     plan = plan_batches(items, 0, 1, 3)
     assert [{it.task for it in b.items} for b in plan] == [{"cloze"}, {"generation"}]
+
+
+def test_batches_keep_prompts_with_solved_examples_together():
+    # Official protocol: one split's questions carry a profile's solved examples, another's none. Sorted on the
+    # question alone the short and long prompts alternate (questions of both lengths in both splits); sorted
+    # on the prompt, each batch holds one kind and pads little.
+    from vgid_dist.eval.examples import Shot
+
+    shot = Shot(("p0", "classification", "Pure_Text", 0), "classification", "Pure_Text",
+                "Which city was Ana born in? " * 4, "A", OPTIONS, None)
+    with_examples = [replace(item(f"r{k}", split="retain", task="classification", question="q" * k,
+                                  options=OPTIONS), shots=(shot,) * 5) for k in range(4)]
+    without = [item(f"c{k}", split="celebrity", task="classification", question="q" * k, options=OPTIONS)
+               for k in range(4)]
+    plan = plan_batches(with_examples + without, 0, 1, 4)
+    assert [{it.split for it in b.items} for b in plan] == [{"celebrity"}, {"retain"}]
 
 
 # ---- prompts ------------------------------------------------------------------------------------------------

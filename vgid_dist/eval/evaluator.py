@@ -52,16 +52,25 @@ class _Batch:
 TASK_ORDER = {"classification": 0, "cloze": 1, "generation": 2}
 
 
+def _prompt_size(it: EvalItem) -> tuple[int, int]:
+    """(example images, characters of the question and its solved examples): the order of prompt lengths
+    without tokenizing. The examples are most of an official-protocol prompt and differ between splits, so
+    sorting on the question alone mixed 60- and 200-token prompts in one batch."""
+    chars = len(it.question) + sum(len(s.question) + len(s.answer) + sum(map(len, (s.options or {}).values()))
+                                   for s in it.shots)
+    return sum(s.image is not None for s in it.shots), chars
+
+
 def plan_batches(items: list[EvalItem], rank: int, world: int, batch_size: int) -> list[_Batch]:
     """This rank's batches; the same count and modality sequence on every rank.
 
-    Items of one task share batches and are sorted by question length within it: short-answer tasks stop
+    Items of one task share batches and are sorted by prompt length within it (``_prompt_size``): short-answer tasks stop
     generating after a few tokens instead of waiting on long answers, and rows of similar length waste little
     padding. Generation stops when every row of a batch has ended, so one batch = one early-stopping unit."""
     batches: list[_Batch] = []
     for has_image in (True, False):
         group = sorted((it for it in items if (it.image is not None) == has_image),
-                       key=lambda it: (TASK_ORDER.get(it.task, 3), len(it.question), it.uid))
+                       key=lambda it: (TASK_ORDER.get(it.task, 3), *_prompt_size(it), it.uid))
         if not group:
             continue
         per_rank = math.ceil(len(group) / world)
