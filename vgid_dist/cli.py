@@ -12,9 +12,8 @@ from vgid_dist.progress import library_bars_only_on_a_terminal
 from vgid_dist.shutdown import end_process
 from vgid_dist.threads import prefer_sleeping_threads
 from vgid_dist.usage import (
-    DTYPE_HELP,
-    DTYPES,
     PROTOCOL_HELP,
+    add_dtype_option,
     matrices_epilog,
     options_as_overrides,
     overrides_epilog,
@@ -289,7 +288,7 @@ def _add_eval_steer_attack(sub) -> None:
                    help="logits: also score multiple choice by the option letters' log-probabilities "
                         "(class_acc_logits, beside the official generation-based class_acc)")
     p.add_argument("--seed", type=int, default=0, help="seeds the example profiles and the Test_Set image draws")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_option(p)
     p.add_argument("--limit", type=int, default=None, help="at most this many profiles per split (quick looks)")
     p.add_argument("--steer", default=None, metavar="FILE",
                    help="MLLMEraser steering file (`vgid steer build`): its hooks steer the model while it answers")
@@ -303,7 +302,7 @@ def _add_eval_steer_attack(sub) -> None:
     p.add_argument("--config", default=None, help="recipe whose mllmeraser parameters to start from (e.g. mllmeraser)")
     p.add_argument("--seed", type=int, default=0, help="seeds the perturbation of the erasure inputs' images")
     p.add_argument("--batch-size", type=int, default=8, help="pairs encoded at once (default 8)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help=DTYPE_HELP)
+    add_dtype_option(p)
     p.add_argument("params", nargs="*", help="mllmeraser parameters as key=value (layers=[15,16] scale=2 gate=soft)")
     _finish(p, cmd_steer_build)
 

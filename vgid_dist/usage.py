@@ -11,13 +11,17 @@ from importlib import metadata
 from pathlib import Path
 
 from vgid_dist.config import OVERRIDE_SHORTCUTS, RECIPES_DIR, packaged_recipes
+from vgid_dist.vocab import DTYPES
 
 VERSIONED = ("torch", "deepspeed", "transformers", "peft", "mlflow")
-DTYPES = ["float32", "bfloat16", "float16"]
-DTYPE_HELP = "the model's weights in memory (default float32)"
 PROTOCOL_HELP = ("official (default): the official MLLMU-Bench evaluator's solved examples before classification "
                  "and cloze questions, its Test_Set image draws and reply parsing, seeded; zero-shot: no "
                  "examples, one Test_Set image per profile, lenient class_acc")
+
+
+def add_dtype_option(p: argparse.ArgumentParser) -> None:
+    """``--dtype``: the dtype a model folder's weights are loaded in for a command that reads one."""
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="the model's weights in memory (default float32)")
 
 
 def version_text() -> str:

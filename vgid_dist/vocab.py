@@ -41,5 +41,9 @@ PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 McMode = Literal["generate", "logits"]
 MC_MODES: tuple[str, ...] = get_args(McMode)
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
+"""The dtypes a model's weights can be held in."""
+
 METRICS: tuple[str, ...] = ("gen_rougeL", "gen_bleu", "class_acc", "cloze_acc")
 """The benchmark's metrics, in report order."""

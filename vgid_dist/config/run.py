@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vgid_dist.config.method_params import method_params_model
 from vgid_dist.errors import ConfigError, close_names, did_you_mean
-from vgid_dist.vocab import SPLITS, ForgetRatio, InstructionStyle, McMode, Protocol, Split
+from vgid_dist.vocab import SPLITS, Dtype, ForgetRatio, InstructionStyle, McMode, Protocol, Split
 
 
 class StrictModel(BaseModel):
@@ -45,7 +45,7 @@ class ModelConfig(StrictModel):
     """A local Hugging Face folder, or ``@tiny/<name>`` for the packaged tiny models (built on first use)."""
     family: Literal["llava", "qwen2_5_vl"] | None = None
     """None: read from the folder's config.json (``model_type``)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Dtype = "bfloat16"
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """auto: flash-attention-2 when installed and on CUDA, else SDPA."""
     gradient_checkpointing: bool = False
